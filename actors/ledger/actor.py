@@ -1,0 +1,405 @@
+"""GrantLedger actor: a thin async shell that persists plans, keeps the shard state and runs expiry.
+
+Writes to Redis are serialized per shard (the audit chain is linear); a plan is applied to the
+in-memory state only after Redis accepted it, so an acknowledged transition is always durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import weakref
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from actors.domain.clock import Clock, SystemClock
+from actors.domain.lifecycle import GrantRecord, RequestRecord
+from actors.ledger.grants import SYSTEM, plan_end, plan_extend, plan_removed
+from actors.ledger.plan import Plan, idempotency_key
+from actors.ledger.redis_store import LedgerStore
+from actors.ledger.requests import Submission, plan_cancel, plan_expire_request, plan_review, plan_submit
+from actors.ledger.state import ShardState
+from actors.provisioners import Provisioner, ProvisionerError, RecordProvisioner, RedisAclProvisioner
+from jitgate.errors import Conflict, Forbidden, IdempotencyMismatch, JitError, NotFound, Unavailable
+from jitgate.models import GrantState
+
+logger = logging.getLogger("jitgate.ledger")
+
+SECRET_KEY = "jg:provisioner-secret"
+MAX_IDLE_WAIT_S = 1.0
+REMOVE_BACKOFF_START_S = 0.05
+REMOVE_BACKOFF_MAX_S = 10.0
+
+
+class StaleState(Exception):
+    """Redis holds a newer chain head than this actor: reload the shard and plan again."""
+
+
+class GrantLedger:
+    def __init__(self, shard: int, config: dict[str, Any], clock: Clock | None = None) -> None:
+        self.shard = shard
+        self.review_window_s = int(config["review_window_s"])
+        self.clock = clock or SystemClock()
+        self.client = aioredis.Redis.from_url(
+            config["redis_url"], socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5
+        )
+        self.store = LedgerStore(self.client, shard)
+        self.state = ShardState()
+        self.head: str | None = None
+        self.target_redis_url = config.get("target_redis_url")
+        self.provisioners: dict[str, Provisioner] = {"record": RecordProvisioner()}
+        self.counters = {"revoke_retries_total": 0, "grants_expired_total": 0, "grants_revoked_total": 0, "commits_total": 0}
+        self._write_lock = asyncio.Lock()
+        self._principal_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._entitlement_locks: weakref.WeakValueDictionary[tuple, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._loaded = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._removals: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._spawn(self._run())
+
+    # ---- start-up -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay_s = 0.1
+        while not self._loaded.is_set():
+            try:
+                await self._load()
+            except (Unavailable, OSError) as error:
+                logger.warning("ledger shard %d cannot load from Redis (%s); retrying in %.1f s", self.shard, error, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+        await self._expiry_loop()
+
+    async def _load(self) -> None:
+        secret = await self.client.set(SECRET_KEY, secrets.token_hex(32), nx=True)
+        del secret
+        secret_value = await self.client.get(SECRET_KEY)
+        if self.target_redis_url:
+            self.provisioners["redis-acl"] = RedisAclProvisioner(self.target_redis_url, secret_value)
+        state = ShardState()
+        requests, grants = await self.store.load_open()
+        for request in requests:
+            state.put_request(request)
+        for grant in grants:
+            state.put_grant(grant)
+        self.state = state
+        self.head = await self.store.head()
+        self._loaded.set()
+        logger.info(
+            "ledger shard %d loaded %d pending requests and %d live grants", self.shard, len(requests), len(grants)
+        )
+        for grant in grants:
+            if grant.state is GrantState.ACTIVE and grant.expires_ms > self.clock.now_ms():
+                self._spawn(self._apply_access(grant))
+            elif grant.state is GrantState.REVOKING:
+                self._start_removal(grant)
+        self._wake.set()
+
+    async def ready(self) -> bool:
+        await asyncio.wait_for(self._loaded.wait(), timeout=30)
+        return True
+
+    # ---- persistence ----------------------------------------------------------------------
+
+    async def _persist(self, plan: Plan) -> str | None:
+        """Commit a plan; returns the existing idempotency record when the key was taken meanwhile."""
+        async with self._write_lock:
+            if self.head is None:
+                self.head = await self.store.head()
+            try:
+                outcome, new_head = await self.store.commit(plan, self.head)
+            except Unavailable:
+                # The script may or may not have run: re-read the head before the next commit.
+                self.head = None
+                raise
+            if outcome.ok:
+                self.head = new_head
+                self.state.apply(plan)
+                self.counters["commits_total"] += 1
+                self._wake.set()
+                return None
+        if outcome.reason == "idem":
+            return outcome.detail
+        if outcome.reason == "head":
+            await self._resync()
+            raise StaleState(outcome.detail)
+        raise Conflict(f"the record changed concurrently ({outcome.detail}); reload it and retry")
+
+    async def _resync(self) -> None:
+        logger.warning("ledger shard %d found a newer audit chain head in Redis; reloading the shard", self.shard)
+        async with self._write_lock:
+            self._loaded.clear()
+            await self._load()
+
+    async def _with_replan(self, operation):
+        """Run a plan-and-persist operation, planning once more if the shard state was stale."""
+        await self._loaded.wait()
+        try:
+            return await operation()
+        except StaleState:
+            return await operation()
+
+    def _lock_for(self, table: weakref.WeakValueDictionary, key: Any) -> asyncio.Lock:
+        lock = table.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            table[key] = lock
+        return lock
+
+    # ---- requests -------------------------------------------------------------------------
+
+    async def submit(self, submission: dict[str, Any]) -> dict[str, Any]:
+        item = Submission(**submission)
+
+        async def operation() -> dict[str, Any]:
+            async with self._lock_for(self._principal_locks, item.principal):
+                if item.idempotency_key is not None:
+                    existing = await self.store._call(self.client.get(idempotency_key(item.submitter, item.idempotency_key)))
+                    if existing is not None:
+                        return await self._replay_idempotent(existing.decode(), item)
+                plan, request, grant = plan_submit(
+                    self.state, item, shard=self.shard, now_ms=self.clock.now_ms(), review_window_s=self.review_window_s
+                )
+                existing = await self._persist(plan)
+                if existing is not None:
+                    return await self._replay_idempotent(existing, item)
+            if grant is not None:
+                await self._apply_access(grant)
+            return {"request": request.to_dict(), "grant": grant.to_dict() if grant else None, "replayed": False}
+
+        return await self._with_replan(operation)
+
+    async def _replay_idempotent(self, existing: str, item: Submission) -> dict[str, Any]:
+        request_id, _, body_sha256 = existing.partition(" ")
+        if body_sha256 != item.body_sha256:
+            raise IdempotencyMismatch(
+                f"Idempotency-Key {item.idempotency_key!r} was used for request {request_id} with a different body; "
+                "use a new key for a different request",
+                request_id=request_id,
+            )
+        request = await self.store.load_request(request_id)
+        if request is None:
+            raise NotFound(f"request {request_id} of Idempotency-Key {item.idempotency_key!r} is missing")
+        grant = await self.store.load_grant(request.grant_id) if request.grant_id else None
+        return {"request": request.to_dict(), "grant": grant.to_dict() if grant else None, "replayed": True}
+
+    async def _open_request(self, request_id: str) -> RequestRecord:
+        request = self.state.pending.get(request_id) or await self.store.load_request(request_id)
+        if request is None:
+            raise NotFound(f"request {request_id} not found", request_id=request_id)
+        return request
+
+    async def review(self, request_id: str, reviewer: str, decision: str, reason: str, duration_s: int | None,
+                     current_policy_version: str, provisioner: str, key_id: str) -> dict[str, Any]:
+        async def operation() -> dict[str, Any]:
+            request = await self._open_request(request_id)
+            async with self._lock_for(self._principal_locks, request.principal):
+                request = await self._open_request(request_id)
+                plan, moved, grant = plan_review(
+                    request, shard=self.shard, reviewer=reviewer, decision=decision, reason=reason,
+                    duration_s=duration_s, current_policy_version=current_policy_version, provisioner=provisioner,
+                    now_ms=self.clock.now_ms(), key_id=key_id,
+                )
+                if grant is not None and self.state.active_grant(grant.entitlement, self.clock.now_ms()):
+                    active = self.state.active_grant(grant.entitlement, self.clock.now_ms())
+                    raise Conflict(
+                        f"{request.principal} already has active grant {active.id} for {request.role} on {request.resource}",
+                        grant_id=active.id,
+                    )
+                await self._persist(plan)
+            if grant is not None:
+                await self._apply_access(grant)
+            return {"request": moved.to_dict(), "grant": grant.to_dict() if grant else None}
+
+        return await self._with_replan(operation)
+
+    async def cancel(self, request_id: str, actor: str, is_admin: bool, reason: str, key_id: str) -> dict[str, Any]:
+        async def operation() -> dict[str, Any]:
+            request = await self._open_request(request_id)
+            async with self._lock_for(self._principal_locks, request.principal):
+                request = await self._open_request(request_id)
+                plan, moved = plan_cancel(
+                    request, shard=self.shard, actor=actor, is_admin=is_admin, reason=reason,
+                    now_ms=self.clock.now_ms(), key_id=key_id,
+                )
+                await self._persist(plan)
+            return moved.to_dict()
+
+        return await self._with_replan(operation)
+
+    # ---- grants ---------------------------------------------------------------------------
+
+    async def _live_grant(self, grant_id: str) -> GrantRecord:
+        grant = self.state.grants.get(grant_id) or await self.store.load_grant(grant_id)
+        if grant is None:
+            raise NotFound(f"grant {grant_id} not found", grant_id=grant_id)
+        return grant
+
+    async def revoke(self, grant_id: str, actor: str, reason: str, key_id: str) -> dict[str, Any]:
+        async def operation() -> dict[str, Any]:
+            grant = await self._live_grant(grant_id)
+            async with self._lock_for(self._principal_locks, grant.principal):
+                grant = await self._live_grant(grant_id)
+                plan, moved = plan_end(grant, "revoke", shard=self.shard, now_ms=self.clock.now_ms(), actor=actor, key_id=key_id, reason=reason)
+                await self._persist(plan)
+            self._start_removal(moved)
+            return moved.to_dict()
+
+        return await self._with_replan(operation)
+
+    async def extend(self, grant_id: str, duration_s: int, actor: str, reason: str, key_id: str) -> dict[str, Any]:
+        async def operation() -> dict[str, Any]:
+            grant = await self._live_grant(grant_id)
+            async with self._lock_for(self._principal_locks, grant.principal):
+                grant = await self._live_grant(grant_id)
+                plan, moved = plan_extend(
+                    grant, shard=self.shard, duration_s=duration_s, now_ms=self.clock.now_ms(), actor=actor,
+                    key_id=key_id, reason=reason,
+                )
+                await self._persist(plan)
+            return moved.to_dict()
+
+        return await self._with_replan(operation)
+
+    async def check(self, principal: str, resource: str, role: str) -> dict[str, Any]:
+        await self._loaded.wait()
+        grant = self.state.active_grant((principal, resource, role), self.clock.now_ms())
+        if grant is None:
+            return {"allowed": False, "grant_id": None, "expires_ms": None}
+        return {"allowed": True, "grant_id": grant.id, "expires_ms": grant.expires_ms}
+
+    async def check_many(self, principals: list[str], resources: list[str], roles: list[str]) -> list[int]:
+        """Expiry (epoch ms) of the active grant for each triple, or 0 when there is none."""
+        await self._loaded.wait()
+        now_ms = self.clock.now_ms()
+        found = []
+        for entitlement in zip(principals, resources, roles):
+            grant = self.state.active_grant(entitlement, now_ms)
+            found.append(grant.expires_ms if grant else 0)
+        return found
+
+    async def credentials(self, grant_id: str, caller: str) -> dict[str, str]:
+        grant = await self._live_grant(grant_id)
+        if caller != grant.principal:
+            raise Forbidden(f"only {grant.principal} can fetch the credentials of grant {grant_id}", grant_id=grant_id)
+        if grant.state is not GrantState.ACTIVE or grant.expires_ms <= self.clock.now_ms():
+            raise Conflict(f"grant {grant_id} is no longer active", grant_id=grant_id)
+        provisioner = self.provisioners.get(grant.provisioner)
+        found = provisioner.credentials(*grant.entitlement) if provisioner else None
+        if found is None:
+            raise NotFound(f"grant {grant_id} uses provisioner {grant.provisioner}, which has no credentials", grant_id=grant_id)
+        return found
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "shard": self.shard,
+            "pending_requests": len(self.state.pending),
+            "active_grants": sum(1 for g in self.state.grants.values() if g.state is GrantState.ACTIVE),
+            "revoking_grants": len(self.state.revoking()),
+            "loaded": self._loaded.is_set(),
+        }
+
+    # ---- provisioning and expiry ----------------------------------------------------------
+
+    async def _apply_access(self, grant: GrantRecord) -> None:
+        provisioner = self.provisioners.get(grant.provisioner)
+        if provisioner is None:
+            logger.error("grant %s names unknown provisioner %s; no access was applied", grant.id, grant.provisioner)
+            return
+        async with self._lock_for(self._entitlement_locks, grant.entitlement):
+            live = self.state.grants.get(grant.id)
+            if live is None or live.state is not GrantState.ACTIVE:
+                return
+            try:
+                await provisioner.apply(*grant.entitlement)
+            except ProvisionerError as error:
+                # NOTE: the grant stays active without access; a restart of the shard applies it again.
+                logger.error("applying grant %s failed: %s", grant.id, error)
+
+    def _start_removal(self, grant: GrantRecord) -> None:
+        if grant.id not in self._removals:
+            self._removals.add(grant.id)
+            self._spawn(self._finish_removal(grant.id))
+
+    async def _finish_removal(self, grant_id: str) -> None:
+        """Remove the access with backoff until the target accepts, then record expired or revoked."""
+        backoff_s = REMOVE_BACKOFF_START_S
+        try:
+            while True:
+                grant = self.state.grants.get(grant_id)
+                if grant is None or grant.state is not GrantState.REVOKING:
+                    return
+                try:
+                    async with self._lock_for(self._entitlement_locks, grant.entitlement):
+                        if not self.state.entitlements.get(grant.entitlement):
+                            provisioner = self.provisioners.get(grant.provisioner, RecordProvisioner())
+                            await provisioner.remove(*grant.entitlement)
+                    plan, moved = plan_removed(grant, shard=self.shard, now_ms=self.clock.now_ms(), message="access removed")
+                    await self._persist(plan)
+                    self.counters["grants_expired_total" if moved.state is GrantState.EXPIRED else "grants_revoked_total"] += 1
+                    return
+                except ProvisionerError as error:
+                    self.counters["revoke_retries_total"] += 1
+                    logger.warning("removing grant %s failed (%s); retrying in %.2f s", grant_id, error, backoff_s)
+                except (Unavailable, StaleState, Conflict) as error:
+                    logger.warning("recording removal of grant %s failed (%s); retrying in %.2f s", grant_id, error, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, REMOVE_BACKOFF_MAX_S)
+        finally:
+            self._removals.discard(grant_id)
+
+    async def _expire_grant(self, grant: GrantRecord) -> None:
+        try:
+            async with self._lock_for(self._principal_locks, grant.principal):
+                live = self.state.grants.get(grant.id)
+                if live is None or live.state is not GrantState.ACTIVE or live.expires_ms > self.clock.now_ms():
+                    return
+                plan, moved = plan_end(live, "deadline", shard=self.shard, now_ms=self.clock.now_ms(), actor=SYSTEM, key_id=SYSTEM, reason="deadline reached")
+                await self._persist(plan)
+        except (Unavailable, StaleState, Conflict) as error:
+            logger.warning("expiring grant %s failed (%s); retrying", grant.id, error)
+            await asyncio.sleep(0.1)
+            self.state.put_grant(self.state.grants.get(grant.id, grant))
+            self._wake.set()
+            return
+        self._start_removal(moved)
+
+    async def _expire_request(self, request: RequestRecord) -> None:
+        try:
+            async with self._lock_for(self._principal_locks, request.principal):
+                live = self.state.pending.get(request.id)
+                if live is None:
+                    return
+                plan, _ = plan_expire_request(live, shard=self.shard, now_ms=self.clock.now_ms())
+                await self._persist(plan)
+        except (Unavailable, StaleState, Conflict) as error:
+            logger.warning("expiring request %s failed (%s); retrying", request.id, error)
+            await asyncio.sleep(0.1)
+            if request.id in self.state.pending:
+                self.state.put_request(self.state.pending[request.id])
+            self._wake.set()
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            # Cleared before the scan, so a deadline added during the scan wakes the next wait.
+            self._wake.clear()
+            now_ms = self.clock.now_ms()
+            for grant in self.state.due_grants(now_ms):
+                self._spawn(self._expire_grant(grant))
+            for request in self.state.due_requests(now_ms):
+                self._spawn(self._expire_request(request))
+            next_ms = self.state.next_deadline_ms()
+            wait_s = MAX_IDLE_WAIT_S if next_ms is None else min(MAX_IDLE_WAIT_S, max(0.0, (next_ms - now_ms) / 1000))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

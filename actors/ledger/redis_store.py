@@ -1,0 +1,125 @@
+"""Redis persistence of one ledger shard.
+
+Every transition is one call of `COMMIT_SCRIPT`, which checks all record versions and the
+audit chain head, then writes records, indexes, audit events and cache invalidations together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
+
+from actors.domain.audit import GENESIS_HASH
+from actors.domain.lifecycle import GrantRecord, RequestRecord
+from actors.ledger.plan import Plan, encode_plan, grant_key, request_key, shard_key
+from jitgate.errors import Unavailable
+
+logger = logging.getLogger("jitgate.ledger")
+
+# The version compare-and-set prevents two writers (two concurrent approvals, or a primary
+# and a stale former primary after failover) from both resolving the same record; the chain
+# head compare-and-set keeps the audit chain linear when more than one writer is alive.
+# NOTE: the script names keys it did not receive in KEYS, so it runs on a single Redis or
+# Sentinel primary, not on Redis Cluster.
+COMMIT_SCRIPT = """
+local op = cjson.decode(ARGV[1])
+local head = redis.call('GET', op.head_key)
+if not head then head = ARGV[2] end
+if head ~= op.expected_head then return {'head', head} end
+for _, check in ipairs(op.checks) do
+  local current = tonumber(redis.call('HGET', check[1], 'v') or '0')
+  if current ~= check[2] then return {'version', check[1], tostring(current)} end
+end
+if op.idem then
+  local existing = redis.call('GET', op.idem[1])
+  if existing then return {'idem', existing} end
+  redis.call('SET', op.idem[1], op.idem[2])
+end
+for _, put in ipairs(op.puts) do
+  redis.call('HSET', put[1], 'v', put[2], 'd', put[3])
+end
+for _, event in ipairs(op.events) do
+  redis.call('XADD', op.stream, '*', 'e', event[1], 'p', event[2], 'h', event[3])
+end
+if #op.events > 0 then redis.call('SET', op.head_key, op.new_head) end
+for _, z in ipairs(op.zadd) do redis.call('ZADD', z[1], z[2], z[3]) end
+for _, z in ipairs(op.zrem) do redis.call('ZREM', z[1], z[2]) end
+for _, p in ipairs(op.publish) do redis.call('PUBLISH', p[1], p[2]) end
+return {'ok'}
+"""
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    ok: bool
+    reason: str = ""  # "head", "version" or "idem" when not ok
+    detail: str = ""
+
+
+def unavailable(error: Exception) -> Unavailable:
+    return Unavailable(f"Redis is unreachable ({type(error).__name__}: {error}); retry shortly", retry_after_s=1)
+
+
+class LedgerStore:
+    def __init__(self, client: aioredis.Redis, shard: int) -> None:
+        self.client = client
+        self.shard = shard
+        self._script = client.register_script(COMMIT_SCRIPT)
+
+    async def head(self) -> str:
+        value = await self._call(self.client.get(shard_key(self.shard, "head")))
+        return value.decode() if value else GENESIS_HASH
+
+    async def commit(self, plan: Plan, head: str) -> tuple[CommitOutcome, str]:
+        argument, new_head = encode_plan(plan, shard=self.shard, head=head)
+        result = await self._call(self._script(keys=[], args=[argument, GENESIS_HASH]))
+        status = result[0].decode() if isinstance(result[0], bytes) else result[0]
+        if status == "ok":
+            return CommitOutcome(True), new_head
+        detail = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        return CommitOutcome(False, status, detail), head
+
+    async def load_request(self, request_id: str) -> RequestRecord | None:
+        data = await self._call(self.client.hget(request_key(request_id), "d"))
+        return RequestRecord.from_dict(json.loads(data)) if data else None
+
+    async def load_grant(self, grant_id: str) -> GrantRecord | None:
+        data = await self._call(self.client.hget(grant_key(grant_id), "d"))
+        return GrantRecord.from_dict(json.loads(data)) if data else None
+
+    async def load_open(self) -> tuple[list[RequestRecord], list[GrantRecord]]:
+        """Load the pending requests and the active or revoking grants of this shard."""
+        request_ids = await self._call(self.client.zrange(shard_key(self.shard, "pending"), 0, -1))
+        grant_ids = await self._call(self.client.zrange(shard_key(self.shard, "open_grants"), 0, -1))
+        requests = await self._load_many([request_key(i.decode()) for i in request_ids])
+        grants = await self._load_many([grant_key(i.decode()) for i in grant_ids])
+        return [RequestRecord.from_dict(d) for d in requests], [GrantRecord.from_dict(d) for d in grants]
+
+    async def _load_many(self, keys: list[str]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), 1000):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys[start : start + 1000]:
+                pipe.hget(key, "d")
+            for value in await self._call(pipe.execute()):
+                if value:
+                    found.append(json.loads(value))
+        return found
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except REDIS_ERRORS as error:
+            raise unavailable(error) from error
+        except RedisError as error:
+            if "LOADING" in str(error) or "MISCONF" in str(error):
+                raise unavailable(error) from error
+            raise

@@ -1,0 +1,91 @@
+"""In-memory state of one ledger shard: open requests, live grants, entitlements and deadlines.
+
+It mirrors what Redis holds for the shard and changes only through `apply`, after Redis
+accepted the plan.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from actors.domain.lifecycle import GrantRecord, RequestRecord
+from actors.ledger.plan import Plan
+from jitgate.models import GrantState, RequestState
+
+Entitlement = tuple[str, str, str]
+
+
+class ShardState:
+    def __init__(self) -> None:
+        self.pending: dict[str, RequestRecord] = {}
+        self.grants: dict[str, GrantRecord] = {}  # active and revoking
+        self.entitlements: dict[Entitlement, set[str]] = {}  # active grant ids only
+        self._expiry_heap: list[tuple[int, str]] = []
+        self._review_heap: list[tuple[int, str]] = []
+
+    def apply(self, plan: Plan) -> None:
+        for _, request in plan.requests:
+            self.put_request(request)
+        for _, grant in plan.grants:
+            self.put_grant(grant)
+
+    def put_request(self, request: RequestRecord) -> None:
+        if request.state is RequestState.PENDING:
+            self.pending[request.id] = request
+            if request.review_deadline_ms is not None:
+                heapq.heappush(self._review_heap, (request.review_deadline_ms, request.id))
+        else:
+            self.pending.pop(request.id, None)
+
+    def put_grant(self, grant: GrantRecord) -> None:
+        holders = self.entitlements.setdefault(grant.entitlement, set())
+        if grant.state is GrantState.ACTIVE:
+            self.grants[grant.id] = grant
+            holders.add(grant.id)
+            heapq.heappush(self._expiry_heap, (grant.expires_ms, grant.id))
+        elif grant.state is GrantState.REVOKING:
+            self.grants[grant.id] = grant
+            holders.discard(grant.id)
+        else:
+            self.grants.pop(grant.id, None)
+            holders.discard(grant.id)
+        if not holders:
+            self.entitlements.pop(grant.entitlement, None)
+
+    def active_grant(self, entitlement: Entitlement, now_ms: int) -> GrantRecord | None:
+        """The active grant on an entitlement that expires last, if its deadline has not passed."""
+        best: GrantRecord | None = None
+        for grant_id in self.entitlements.get(entitlement, ()):
+            grant = self.grants[grant_id]
+            if grant.expires_ms > now_ms and (best is None or grant.expires_ms > best.expires_ms):
+                best = grant
+        return best
+
+    def has_other_active(self, entitlement: Entitlement, grant_id: str) -> bool:
+        return any(other != grant_id for other in self.entitlements.get(entitlement, ()))
+
+    def next_deadline_ms(self) -> int | None:
+        deadlines = [heap[0][0] for heap in (self._expiry_heap, self._review_heap) if heap]
+        return min(deadlines) if deadlines else None
+
+    def due_grants(self, now_ms: int) -> list[GrantRecord]:
+        """Pop active grants whose deadline passed; stale heap entries (extended or ended grants) are dropped."""
+        due = []
+        while self._expiry_heap and self._expiry_heap[0][0] <= now_ms:
+            expires_ms, grant_id = heapq.heappop(self._expiry_heap)
+            grant = self.grants.get(grant_id)
+            if grant is not None and grant.state is GrantState.ACTIVE and grant.expires_ms == expires_ms:
+                due.append(grant)
+        return due
+
+    def due_requests(self, now_ms: int) -> list[RequestRecord]:
+        due = []
+        while self._review_heap and self._review_heap[0][0] <= now_ms:
+            deadline_ms, request_id = heapq.heappop(self._review_heap)
+            request = self.pending.get(request_id)
+            if request is not None and request.review_deadline_ms == deadline_ms:
+                due.append(request)
+        return due
+
+    def revoking(self) -> list[GrantRecord]:
+        return [g for g in self.grants.values() if g.state is GrantState.REVOKING]

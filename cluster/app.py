@@ -1,0 +1,228 @@
+"""The v1 HTTP API as a FastAPI app; `get_service` supplies the `AccessService` of this process.
+
+Every refusal is a problem response (`application/problem+json`) naming the field, the value
+and the limit; no handler returns a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cluster.service import AccessService
+from jitgate.errors import InvalidInput, JitError, Unavailable, http_status
+from jitgate.models import (
+    AccessRequest,
+    AccessRequestCreate,
+    CancelBody,
+    CheckBatchBody,
+    CheckBatchResult,
+    CheckBody,
+    CheckResult,
+    Credentials,
+    DecisionBatchBody,
+    ExtendBody,
+    Grant,
+    RequestResult,
+    RequestState,
+    ReviewCreate,
+    RevokeBody,
+)
+
+logger = logging.getLogger("jitgate.cluster")
+
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
+ROUTE_LABEL = "route"
+STATUS_LABEL = "status"
+
+
+def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": code.replace("_", " "), "status": status, "code": code, "detail": detail, **details}
+    return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
+
+
+def _validation_problem(error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    field = ".".join(location) or "body"
+    value = first.get("input")
+    context = first.get("ctx") or {}
+    limit = next((context[k] for k in ("gt", "ge", "lt", "le", "max_length", "min_length", "pattern", "expected") if k in context), None)
+    message = f"{field}: {first.get('msg', 'invalid')}"
+    shown = value if isinstance(value, (int, float, bool)) or value is None else repr(value)[:200]
+    if first.get("type") != "missing":
+        message += f" (got {shown})"
+    details: dict[str, Any] = {"field": field, "value": shown}
+    if limit is not None:
+        details["limit"] = limit if isinstance(limit, (int, float)) else str(limit)
+    if len(error.errors()) > 1:
+        details["other_errors"] = len(error.errors()) - 1
+    return problem(400, "invalid_input", message, **details)
+
+
+def create_app(get_service: Callable[[], AccessService], *, max_body_bytes: int = 1_048_576) -> FastAPI:
+    api = FastAPI(
+        title="jitgate",
+        version="1",
+        description="Just-in-time access requests, decisions, expiring grants and their audit trail.",
+    )
+    registry = CollectorRegistry()
+    http_requests = Counter("jitgate_http_requests_total", "HTTP requests by route and status.", [ROUTE_LABEL, STATUS_LABEL], registry=registry)
+    http_seconds = Histogram(
+        "jitgate_http_request_duration_seconds", "HTTP request latency by route.", [ROUTE_LABEL], registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
+    api.state.registry = registry
+
+    @api.middleware("http")
+    async def limits_and_metrics(request: Request, call_next):
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            response = problem(413, "invalid_input", f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes",
+                               field="body", value=length, limit=max_body_bytes)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        http_requests.labels(label, str(response.status_code)).inc()
+        http_seconds.labels(label).observe(time.perf_counter() - started)
+        return response
+
+    @api.exception_handler(JitError)
+    async def on_domain_error(request: Request, error: JitError) -> JSONResponse:
+        headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Unavailable) else None
+        status = http_status(error)
+        if status >= 500:
+            logger.warning("%s %s: %s", request.method, request.url.path, error.message)
+        return problem(status, error.code, error.message, headers, **{k: v for k, v in error.details.items() if k != "retry_after_s"} | (
+            {"retry_after_s": error.retry_after_s} if isinstance(error, Unavailable) else {}))
+
+    @api.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _validation_problem(error)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "invalid_input")
+        return problem(error.status_code, code, f"{request.method} {request.url.path}: {error.detail}")
+
+    @api.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unexpected error in %s %s", request.method, request.url.path)
+        return problem(500, "internal", "internal error; the server log has the details")
+
+    def service() -> AccessService:
+        return get_service()
+
+    def caller(authorization: str | None):
+        return service().authenticate(authorization)
+
+    Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> JSONResponse:
+        try:
+            await service().ready()
+        except JitError as error:
+            return problem(503, "unavailable", f"not ready: {error.message}", {"Retry-After": "1"})
+        return JSONResponse({"status": "ready"})
+
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.post("/v1/requests", status_code=201, response_model=RequestResult)
+    async def create_request(
+        body: AccessRequestCreate, authorization: Auth = None,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Any:
+        if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
+            raise InvalidInput(
+                "Idempotency-Key must be 1 to 128 printable ASCII characters without spaces",
+                field="Idempotency-Key", value=idempotency_key[:200], limit=128,
+            )
+        result, replayed = await service().submit(caller(authorization), body, idempotency_key)
+        return JSONResponse(result, status_code=200 if replayed else 201)
+
+    @api.get("/v1/requests/{request_id}", response_model=AccessRequest)
+    async def get_request(request_id: str, authorization: Auth = None) -> Any:
+        return await service().get_request(caller(authorization), request_id)
+
+    @api.get("/v1/requests")
+    async def list_requests(
+        authorization: Auth = None, state: RequestState | None = None,
+        principal: Annotated[str | None, Query(max_length=256)] = None,
+        reviewer: Annotated[str | None, Query(max_length=256)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> Any:
+        return await service().list_requests(
+            caller(authorization), state=state.value if state else None, principal=principal, reviewer=reviewer,
+            limit=limit, after=after,
+        )
+
+    @api.post("/v1/requests/{request_id}/reviews", response_model=RequestResult)
+    async def review(request_id: str, body: ReviewCreate, authorization: Auth = None) -> Any:
+        return await service().review(caller(authorization), request_id, body)
+
+    @api.post("/v1/requests/{request_id}/cancel", response_model=AccessRequest)
+    async def cancel(request_id: str, authorization: Auth = None, body: Annotated[CancelBody | None, Body()] = None) -> Any:
+        return await service().cancel(caller(authorization), request_id, body.reason if body else None)
+
+    @api.get("/v1/grants/{grant_id}", response_model=Grant)
+    async def get_grant(grant_id: str, authorization: Auth = None) -> Any:
+        return await service().get_grant(caller(authorization), grant_id)
+
+    @api.get("/v1/grants")
+    async def list_grants(
+        authorization: Auth = None, principal: Annotated[str | None, Query(max_length=256)] = None,
+        active: bool | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> Any:
+        return await service().list_grants(caller(authorization), principal=principal, active=active, limit=limit, after=after)
+
+    @api.post("/v1/grants/{grant_id}/revoke", response_model=Grant)
+    async def revoke(grant_id: str, body: RevokeBody, authorization: Auth = None) -> Any:
+        return await service().revoke(caller(authorization), grant_id, body)
+
+    @api.post("/v1/grants/{grant_id}/extend", response_model=Grant)
+    async def extend(grant_id: str, body: ExtendBody, authorization: Auth = None) -> Any:
+        return await service().extend(caller(authorization), grant_id, body)
+
+    @api.get("/v1/grants/{grant_id}/credentials", response_model=Credentials)
+    async def credentials(grant_id: str, authorization: Auth = None) -> Any:
+        return await service().credentials(caller(authorization), grant_id)
+
+    @api.post("/v1/check", response_model=CheckResult)
+    async def check(body: CheckBody, authorization: Auth = None) -> Any:
+        return await service().check(caller(authorization), body)
+
+    @api.post("/v1/check:batch", response_model=CheckBatchResult)
+    async def check_batch(body: CheckBatchBody, authorization: Auth = None) -> Any:
+        return await service().check_batch(caller(authorization), body)
+
+    @api.post("/v1/decisions:batch")
+    async def decisions_batch(body: DecisionBatchBody, authorization: Auth = None) -> Any:
+        return await service().decide_many(caller(authorization), body)
+
+    @api.get("/v1/audit")
+    async def audit(
+        authorization: Auth = None, shard: int | None = None, after: Annotated[str | None, Query(max_length=4096)] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> Any:
+        return await service().audit(caller(authorization), shard=shard, after=after, limit=limit)
+
+    return api

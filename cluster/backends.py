@@ -1,0 +1,132 @@
+"""Calls from the ingress to the actors.
+
+`RayBackends` routes to named, detached Ray actors (created on first use, restarted by Ray
+when they die); `LocalBackends` calls the same classes in-process, for the baseline app and
+for tests of the service logic. Both expose the same three coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+from actors.ledger import ledger_shard
+from cluster.settings import Settings
+from jitgate.errors import JitError, Unavailable
+
+logger = logging.getLogger("jitgate.cluster")
+
+ACTOR_CALL_TIMEOUT_S = 10.0
+
+
+def policy_shard_of(resource: str, shards: int) -> int:
+    import zlib
+
+    return zlib.crc32(resource.encode()) % shards
+
+
+def ledger_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "redis_url": settings.redis_url,
+        "review_window_s": settings.review_window_s,
+        "target_redis_url": settings.target_redis_url,
+    }
+
+
+class RayBackends:
+    def __init__(self, settings: Settings) -> None:
+        import ray
+
+        from actors.ledger.actor import GrantLedger
+        from actors.policy.actor import PolicyActor
+        from actors.risk.actor import RiskScorer
+
+        self._ray = ray
+        self.settings = settings
+        common = {
+            "lifetime": "detached",
+            "get_if_exists": True,
+            "max_restarts": -1,
+            "max_task_retries": -1,
+            "num_cpus": 0,
+            "namespace": settings.namespace,
+        }
+        self.ledgers = [
+            ray.remote(GrantLedger).options(name=f"jitgate-ledger-{i}", **common).remote(i, ledger_config(settings))
+            for i in range(settings.ledger_shards)
+        ]
+        self.policies = [
+            ray.remote(PolicyActor)
+            .options(name=f"jitgate-policy-{i}", **common)
+            .remote(str(settings.policy_dir), settings.max_duration_s, i)
+            for i in range(settings.policy_shards)
+        ]
+        self.scorers = [
+            ray.remote(RiskScorer).options(name=f"jitgate-risk-{i}", **common).remote(str(settings.risk_model_path))
+            for i in range(settings.risk_scorers)
+        ]
+        self._next_scorer = itertools.cycle(range(len(self.scorers)))
+
+    async def _await(self, ref: Any, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(ref, timeout=ACTOR_CALL_TIMEOUT_S)
+        except self._ray.exceptions.RayTaskError as error:
+            cause = error.cause
+            if isinstance(cause, JitError):
+                raise cause from None
+            raise
+        except (asyncio.TimeoutError, self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError) as error:
+            logger.warning("%s failed: %s", what, error)
+            raise Unavailable(f"{what} is unavailable ({type(error).__name__}); retry shortly", retry_after_s=1) from error
+
+    async def ledger(self, shard: int, method: str, *args: Any) -> Any:
+        return await self._await(getattr(self.ledgers[shard], method).remote(*args), f"ledger shard {shard}")
+
+    async def policy(self, shard: int, method: str, *args: Any) -> Any:
+        return await self._await(getattr(self.policies[shard], method).remote(*args), f"policy shard {shard}")
+
+    async def risk(self, method: str, *args: Any) -> Any:
+        index = next(self._next_scorer)
+        return await self._await(getattr(self.scorers[index], method).remote(*args), f"risk scorer {index}")
+
+    async def wait_ready(self) -> None:
+        await asyncio.gather(*(self.ledger(i, "ready") for i in range(len(self.ledgers))))
+        await asyncio.gather(*(self.policy(i, "version") for i in range(len(self.policies))))
+
+
+class LocalBackends:
+    """The same actor classes, called in-process (no Ray)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from actors.ledger.actor import GrantLedger
+        from actors.policy.actor import PolicyActor
+        from actors.risk.actor import RiskScorer
+
+        self.settings = settings
+        self.ledgers = [GrantLedger(i, ledger_config(settings)) for i in range(settings.ledger_shards)]
+        self.policies = [PolicyActor(str(settings.policy_dir), settings.max_duration_s, i) for i in range(settings.policy_shards)]
+        self.scorers = [RiskScorer(str(settings.risk_model_path))]
+
+    @staticmethod
+    async def _call(target: Any, method: str, *args: Any) -> Any:
+        result = getattr(target, method)(*args)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
+
+    async def ledger(self, shard: int, method: str, *args: Any) -> Any:
+        return await self._call(self.ledgers[shard], method, *args)
+
+    async def policy(self, shard: int, method: str, *args: Any) -> Any:
+        return await self._call(self.policies[shard], method, *args)
+
+    async def risk(self, method: str, *args: Any) -> Any:
+        return await self._call(self.scorers[0], method, *args)
+
+    async def wait_ready(self) -> None:
+        await asyncio.gather(*(ledger.ready() for ledger in self.ledgers))
+
+
+__all__ = ["RayBackends", "LocalBackends", "ledger_shard", "policy_shard_of"]

@@ -1,0 +1,82 @@
+"""Settings of a jitgate cluster, read once from `JITGATE_*` environment variables.
+
+No other module reads the environment: the CLI, the Serve app and the tests build
+one `Settings` and pass it (or the parts they need) down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "jitgate"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JITGATE_", extra="forbid")
+
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Directory for the Ray temp dir, the embedded Redis data, logs and pid files.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="URL of an existing Redis; unset starts the embedded Redis server under state_dir.",
+    )
+    redis_fsync: Literal["everysec", "always"] = Field(
+        default="everysec",
+        description="AOF fsync policy of the embedded Redis: 'always' fsyncs each write before the ack.",
+    )
+    ray_address: str | None = Field(
+        default=None, description="Address of an existing Ray cluster; unset starts a local Ray head."
+    )
+    namespace: str = Field(default="jitgate", description="Ray namespace of the named actors.")
+    http_host: str = Field(default="127.0.0.1", description="Interface the HTTP API listens on.")
+    http_port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP API.")
+    dashboard: bool = Field(default=True, description="Start the Ray dashboard with the local head.")
+    dashboard_port: int = Field(default=8265, ge=1, le=65535, description="Port of the Ray dashboard.")
+    num_cpus: int = Field(default=2, ge=1, description="CPUs the local Ray head offers to actors.")
+    object_store_memory_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=78_643_200, description="Object store size of the local Ray head."
+    )
+    ingress_replicas: int = Field(default=2, ge=1, description="Serve ingress replicas.")
+    ledger_shards: int = Field(default=2, ge=1, le=256, description="GrantLedger shards (by principal).")
+    policy_shards: int = Field(default=2, ge=1, le=256, description="PolicyActor shards (by resource).")
+    risk_scorers: int = Field(default=1, ge=1, le=64, description="RiskScorer actors.")
+    configs_dir: Path = Field(default=REPO_CONFIGS, description="Directory with policies, risk model and catalogs.")
+    api_keys_file: Path | None = Field(
+        default=None, description="YAML file of hashed API keys; unset uses state_dir/api-keys.yaml."
+    )
+    target_redis_url: str | None = Field(
+        default=None,
+        description="Target Redis of the redis-acl provisioner; unset starts a second embedded Redis.",
+    )
+    max_duration_s: int = Field(
+        default=12 * 3600, ge=1, description="Global maximum grant duration, above any policy maximum."
+    )
+    review_window_s: int = Field(
+        default=24 * 3600, ge=1, description="How long a pending request waits for reviews before it expires."
+    )
+    check_cache_ttl_ms: int = Field(
+        default=1000, ge=0, le=60_000, description="Lifetime of a cached check answer, capped by the grant expiry."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+
+    @property
+    def resolved_api_keys_file(self) -> Path:
+        return self.api_keys_file or self.state_dir / "api-keys.yaml"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.configs_dir / "policies"
+
+    @property
+    def risk_model_path(self) -> Path:
+        return self.configs_dir / "risk" / "model.npz"
