@@ -40,6 +40,10 @@ from jitgate.models import (
 
 logger = logging.getLogger("jitgate.cluster")
 
+# Module level, because the route annotations are strings resolved in module globals.
+Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 ROUTE_LABEL = "route"
 STATUS_LABEL = "status"
@@ -69,7 +73,8 @@ def _validation_problem(error: RequestValidationError) -> JSONResponse:
     return problem(400, "invalid_input", message, **details)
 
 
-def create_app(get_service: Callable[[], AccessService], *, max_body_bytes: int = 1_048_576) -> FastAPI:
+def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable[[], str] | None = None) -> FastAPI:
+    """Build the API app; `replica_id`, when given, names the answering replica in `X-Jitgate-Replica`."""
     api = FastAPI(
         title="jitgate",
         version="1",
@@ -86,6 +91,7 @@ def create_app(get_service: Callable[[], AccessService], *, max_body_bytes: int 
     @api.middleware("http")
     async def limits_and_metrics(request: Request, call_next):
         started = time.perf_counter()
+        max_body_bytes = get_service().settings.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             response = problem(413, "invalid_input", f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes",
@@ -96,6 +102,8 @@ def create_app(get_service: Callable[[], AccessService], *, max_body_bytes: int 
         label = getattr(route, "path", "unmatched")
         http_requests.labels(label, str(response.status_code)).inc()
         http_seconds.labels(label).observe(time.perf_counter() - started)
+        if replica_id is not None:
+            response.headers["X-Jitgate-Replica"] = replica_id()
         return response
 
     @api.exception_handler(JitError)
@@ -127,8 +135,6 @@ def create_app(get_service: Callable[[], AccessService], *, max_body_bytes: int 
     def caller(authorization: str | None):
         return service().authenticate(authorization)
 
-    Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
-
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -148,7 +154,7 @@ def create_app(get_service: Callable[[], AccessService], *, max_body_bytes: int 
     @api.post("/v1/requests", status_code=201, response_model=RequestResult)
     async def create_request(
         body: AccessRequestCreate, authorization: Auth = None,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Any:
         if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
             raise InvalidInput(

@@ -1,0 +1,598 @@
+"""Decide access requests with the Cedar policies of a loaded bundle.
+
+One access request becomes up to two Cedar evaluations, with the principal as a
+`User` entity, the resource as a `Resource` entity and the request details in
+the context:
+
+1. `Action::"request"`: is the principal eligible at all? Not allowed -> `deny`.
+2. The maximum duration: the smallest `@max_duration_s` annotation among the
+   permit policies that allowed step 1, capped by the caller's global maximum.
+   A longer requested duration -> `deny` naming the maximum (never a clamp).
+3. `Action::"auto_approve"`: allowed -> `allow`, otherwise -> `review` with the
+   largest `@approvals` annotation among the permits of step 1 and the forbids
+   that blocked step 3 (default 1).
+
+Cedar has no floating-point numbers, so the risk score (0-100) reaches the
+policies as `context.risk_tenths`, an integer 0-1000: the score times ten,
+rounded down. A policy threshold such as `risk_tenths < 500` is then exact for
+any score given to one decimal.
+
+A Cedar evaluation error fails closed: `request` denies, `auto_approve` leads to
+review, and `review` is not eligible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+import cedarpy
+
+if TYPE_CHECKING:
+    from actors.policy.bundle import AttributeSpec, PolicyBundle
+
+Effect = Literal["allow", "deny", "review"]
+AttributeValue = str | bool | int | list[str]
+
+ROLES = ("read", "write", "admin")
+DEVICE_POSTURES = ("managed", "unmanaged", "unknown")
+SENSITIVITIES = ("low", "medium", "high", "critical", "unknown")
+MAX_ID_CHARS = 1024
+MAX_ERROR_CHARS = 400
+
+# Entity and action names the engine sends; a bundle schema must declare them.
+USER_TYPE = "User"
+RESOURCE_TYPE = "Resource"
+ACTION_REQUEST = "request"
+ACTION_AUTO_APPROVE = "auto_approve"
+ACTION_REVIEW = "review"
+
+DEFAULT_CACHE_SIZE = 20_000
+
+
+class PolicyInputError(ValueError):
+    """An access request that the policy engine cannot evaluate (missing, unknown or invalid field)."""
+
+
+def policy_shard(resource: str, shards: int) -> int:
+    """Return the PolicyActor shard (0 .. shards-1) for a resource.
+
+    CRC-32 is stable across processes and Python versions, unlike `hash()`.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    return zlib.crc32(resource.encode("utf-8")) % shards
+
+
+def risk_to_tenths(risk_score: float) -> int:
+    """Convert a 0-100 risk score to the integer `context.risk_tenths` (0-1000), rounded down.
+
+    The small epsilon keeps scores such as 29.3, whose binary value times ten is
+    292.99999..., in their own tenth.
+    """
+    return min(1000, max(0, math.floor(risk_score * 10 + 1e-9)))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInput:
+    """One access request as the policies see it."""
+
+    principal: str
+    principal_attributes: Mapping[str, AttributeValue]
+    resource: str
+    resource_attributes: Mapping[str, AttributeValue]
+    role: str
+    duration_s: int
+    risk_score: float
+    device_posture: str
+    hour_utc: int
+    source: str
+
+    def __post_init__(self) -> None:
+        _check_id("principal", self.principal)
+        _check_id("resource", self.resource)
+        if not isinstance(self.principal_attributes, Mapping):
+            raise PolicyInputError(f"principal_attributes must be a mapping, got {type(self.principal_attributes).__name__}")
+        if not isinstance(self.resource_attributes, Mapping):
+            raise PolicyInputError(f"resource_attributes must be a mapping, got {type(self.resource_attributes).__name__}")
+        if self.role not in ROLES:
+            raise PolicyInputError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if not _is_int(self.duration_s) or self.duration_s <= 0:
+            raise PolicyInputError(f"duration_s must be a positive integer, got {self.duration_s!r}")
+        if (
+            isinstance(self.risk_score, bool)
+            or not isinstance(self.risk_score, numbers.Real)
+            or not 0.0 <= self.risk_score <= 100.0
+        ):
+            raise PolicyInputError(f"risk_score must be a number from 0 to 100, got {self.risk_score!r}")
+        if self.device_posture not in DEVICE_POSTURES:
+            raise PolicyInputError(
+                f"device_posture must be one of {', '.join(DEVICE_POSTURES)}, got {self.device_posture!r}"
+            )
+        if not _is_int(self.hour_utc) or not 0 <= self.hour_utc <= 23:
+            raise PolicyInputError(f"hour_utc must be an integer from 0 to 23, got {self.hour_utc!r}")
+        if not isinstance(self.source, str) or not self.source:
+            raise PolicyInputError(f"source must be a non-empty string, got {self.source!r}")
+        sensitivity = self.resource_attributes.get("sensitivity")
+        if sensitivity is not None and sensitivity not in SENSITIVITIES:
+            raise PolicyInputError(
+                f"resource_attributes.sensitivity must be one of {', '.join(SENSITIVITIES)}, got {sensitivity!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyInput:
+        """Build an input from a plain dict with exactly the dataclass fields."""
+        if not isinstance(data, Mapping):
+            raise PolicyInputError(f"a policy input must be a mapping, got {type(data).__name__}")
+        names = _INPUT_FIELDS
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise PolicyInputError(f"unknown policy input field(s): {', '.join(unknown)}")
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise PolicyInputError(f"missing policy input field(s): {', '.join(missing)}")
+        return cls(**{name: data[name] for name in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "principal_attributes": dict(self.principal_attributes),
+            "resource": self.resource,
+            "resource_attributes": dict(self.resource_attributes),
+            "role": self.role,
+            "duration_s": self.duration_s,
+            "risk_score": self.risk_score,
+            "device_posture": self.device_posture,
+            "hour_utc": self.hour_utc,
+            "source": self.source,
+        }
+
+
+_INPUT_FIELDS = tuple(f.name for f in fields(PolicyInput))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """The policy layer's decision on one access request.
+
+    `max_duration_s` is the allowed maximum for an eligible request (also on the
+    deny for a too-long duration) and 0 when no policy makes the request eligible. `required_approvals` is at least 1 for `review`
+    and 0 otherwise. `reasons` is a tuple because decisions are shared through
+    the cache and must not be changed by a caller.
+    """
+
+    effect: Effect
+    reasons: tuple[str, ...]
+    max_duration_s: int
+    required_approvals: int
+    policy_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "effect": self.effect,
+            "reasons": list(self.reasons),
+            "max_duration_s": self.max_duration_s,
+            "required_approvals": self.required_approvals,
+            "policy_version": self.policy_version,
+        }
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    size: int = 0
+
+
+# Everything the policies can read for one decision: principal id and attributes,
+# resource id and attributes, and the context record. Attributes are sorted
+# (name, value) tuples of the declared attributes only, with sets as sorted tuples.
+EvaluationKey = tuple[str, tuple, str, tuple, tuple]
+
+
+@dataclass(slots=True)
+class _Evaluation:
+    key: EvaluationKey
+    context_json: str
+    result: PolicyDecision | None = None
+    indices: list[int] = field(default_factory=list)
+
+
+class PolicyEngine:
+    """Evaluate access requests against one policy bundle, in batches, with an LRU cache.
+
+    Not thread-safe: the PolicyActor calls it from one thread.
+    """
+
+    def __init__(
+        self,
+        bundle: PolicyBundle,
+        *,
+        global_max_duration_s: int,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        if not _is_int(global_max_duration_s) or global_max_duration_s <= 0:
+            raise ValueError(f"global_max_duration_s must be a positive integer, got {global_max_duration_s!r}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be 0 (no cache) or more, got {cache_size}")
+        self._bundle = bundle
+        self._global_max_duration_s = global_max_duration_s
+        self._cache_size = cache_size
+        self._cache: OrderedDict[EvaluationKey, PolicyDecision] = OrderedDict()
+        self._stats = CacheStats()
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        return self._bundle
+
+    @property
+    def policy_version(self) -> str:
+        return self._bundle.version
+
+    @property
+    def global_max_duration_s(self) -> int:
+        return self._global_max_duration_s
+
+    def replace_bundle(self, bundle: PolicyBundle) -> None:
+        """Switch to another bundle and drop every cached decision of the old one."""
+        self._bundle = bundle
+        self.clear_cache()
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def cache_stats(self) -> CacheStats:
+        return CacheStats(self._stats.hits, self._stats.misses, len(self._cache))
+
+    def decide(self, item: PolicyInput) -> PolicyDecision:
+        return self.decide_batch([item])[0]
+
+    def decide_batch(self, items: Sequence[PolicyInput]) -> list[PolicyDecision]:
+        """Decide many access requests with two Cedar batch calls (`request`, then `auto_approve`).
+
+        Identical evaluations in the batch are computed once, and decisions are
+        read from and stored in the cache. A principal or resource id that comes
+        with different attributes in one batch costs two more calls per variant.
+        """
+        decisions: list[PolicyDecision | None] = [None] * len(items)
+        pending: dict[EvaluationKey, _Evaluation] = {}
+        for index, item in enumerate(items):
+            key = self.evaluation_key(item)
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self._stats.hits += 1
+                decisions[index] = cached
+                continue
+            evaluation = pending.get(key)
+            if evaluation is None:
+                self._stats.misses += 1
+                evaluation = _Evaluation(key=key, context_json=_context_json(key[4]))
+                pending[key] = evaluation
+            evaluation.indices.append(index)
+
+        if pending:
+            self._evaluate(list(pending.values()))
+            for evaluation in pending.values():
+                assert evaluation.result is not None
+                self._store(evaluation.key, evaluation.result)
+                for index in evaluation.indices:
+                    decisions[index] = evaluation.result
+        return decisions  # type: ignore[return-value]
+
+    def may_review(
+        self,
+        reviewer: str,
+        reviewer_attributes: Mapping[str, AttributeValue],
+        request: PolicyInput,
+    ) -> tuple[bool, list[str]]:
+        """Evaluate `Action::"review"`: may `reviewer` review `request`?
+
+        Returns whether the reviewer is eligible and the reasons naming the determining policies.
+        The ledger also rejects self-review, whatever the policies decide.
+        """
+        _check_id("reviewer", reviewer)
+        bundle = self._bundle
+        reviewer_attrs = _entity_attributes(bundle.user_attributes, reviewer_attributes, "reviewer_attributes")
+        requester_attrs = _entity_attributes(bundle.user_attributes, request.principal_attributes, "principal_attributes")
+        resource_attrs = _entity_attributes(
+            bundle.resource_attributes, request.resource_attributes, "resource_attributes"
+        )
+        entities = [
+            _entity_json(USER_TYPE, reviewer, reviewer_attrs),
+            _entity_json(RESOURCE_TYPE, request.resource, resource_attrs),
+        ]
+        if request.principal != reviewer:
+            entities.append(_entity_json(USER_TYPE, request.principal, requester_attrs))
+        context = {
+            "role": request.role,
+            "requester": {"__entity": {"type": USER_TYPE, "id": request.principal}},
+        }
+        cedar_request = {
+            "principal": {"type": USER_TYPE, "id": reviewer},
+            "action": {"type": "Action", "id": ACTION_REVIEW},
+            "resource": {"type": RESOURCE_TYPE, "id": request.resource},
+            "context": json.dumps(context),
+        }
+        result = cedarpy.is_authorized_batch(
+            [cedar_request], bundle.policy_set, "[" + ",".join(entities) + "]", schema=bundle.schema
+        )[0]
+        target = f"{request.role} on {request.resource}"
+        if result.diagnostics.errors:
+            return False, [f"policy evaluation failed: {error}" for error in _errors(result)]
+        if result.allowed:
+            return True, [f"eligible reviewer by {pid}" for pid in _policy_ids(result)]
+        forbids = self._forbid_reasons(_policy_ids(result), "rejected by")
+        if forbids:
+            return False, forbids
+        return False, [f"no policy permits {reviewer} to review {target}"]
+
+    def evaluation_key(self, item: PolicyInput) -> EvaluationKey:
+        """Return what the policies can read from `item`, as a hashable cache key.
+
+        The risk score enters as `risk_tenths`, the value the policies see, so two
+        scores in the same tenth share one decision.
+        """
+        bundle = self._bundle
+        context = (
+            item.role,
+            item.duration_s,
+            risk_to_tenths(item.risk_score),
+            item.device_posture,
+            item.hour_utc,
+            item.source,
+        )
+        return (
+            item.principal,
+            _entity_attributes(bundle.user_attributes, item.principal_attributes, "principal_attributes"),
+            item.resource,
+            _entity_attributes(bundle.resource_attributes, item.resource_attributes, "resource_attributes"),
+            context,
+        )
+
+    def _store(self, key: EvaluationKey, decision: PolicyDecision) -> None:
+        if self._cache_size == 0:
+            return
+        self._cache[key] = decision
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _evaluate(self, evaluations: list[_Evaluation]) -> None:
+        # One entity uid can carry different attributes in one batch (a principal
+        # whose groups changed between requests). Such evaluations go to a later
+        # round, because Cedar needs each uid once per entity set.
+        for round_evaluations in _split_conflicting(evaluations):
+            self._evaluate_round(round_evaluations)
+
+    def _evaluate_round(self, evaluations: list[_Evaluation]) -> None:
+        bundle = self._bundle
+        # Parsed once and reused by both Cedar calls below.
+        entities = cedarpy.Entities.from_json_str(_batch_entities(evaluations), bundle.schema)
+
+        request_results = cedarpy.is_authorized_batch(
+            [_cedar_request(ev, ACTION_REQUEST) for ev in evaluations],
+            bundle.policy_set,
+            entities,
+            schema=bundle.schema,
+        )
+        eligible: list[tuple[_Evaluation, list[str], int, str | None]] = []
+        for evaluation, result in zip(evaluations, request_results, strict=True):
+            denial = self._request_denial(evaluation.key, result)
+            if denial is not None:
+                evaluation.result = denial
+                continue
+            permits = _policy_ids(result)
+            cap_s, cap_policy = self._max_duration(permits)
+            duration_denial = self._duration_denial(evaluation.key, cap_s, cap_policy)
+            if duration_denial is not None:
+                evaluation.result = duration_denial
+                continue
+            eligible.append((evaluation, permits, cap_s, cap_policy))
+
+        if not eligible:
+            return
+        auto_results = cedarpy.is_authorized_batch(
+            [_cedar_request(ev, ACTION_AUTO_APPROVE) for ev, _, _, _ in eligible],
+            bundle.policy_set,
+            entities,
+            schema=bundle.schema,
+        )
+        for (evaluation, permits, cap_s, _), result in zip(eligible, auto_results, strict=True):
+            evaluation.result = self._grant_or_review(evaluation.key, permits, cap_s, result)
+
+    def _request_denial(self, key: EvaluationKey, result: cedarpy.AuthzResult) -> PolicyDecision | None:
+        version = self._bundle.version
+        errors = _errors(result)
+        if errors:
+            return PolicyDecision(
+                "deny", tuple(f"policy evaluation failed: {error}" for error in errors), 0, 0, version
+            )
+        if result.allowed:
+            return None
+        reasons = self._forbid_reasons(_policy_ids(result), "denied by")
+        if not reasons:
+            role, resource = key[4][0], key[2]
+            reasons = [f"no policy permits requesting {role} on {resource}"]
+        return PolicyDecision("deny", tuple(reasons), 0, 0, version)
+
+    def _max_duration(self, permit_ids: list[str]) -> tuple[int, str | None]:
+        """Return the smallest cap among the matched permits and the global maximum, and the policy that set it."""
+        cap_s, cap_policy = self._global_max_duration_s, None
+        for pid in sorted(permit_ids):
+            policy_cap_s = self._bundle.policies[pid].max_duration_s
+            if policy_cap_s is None:
+                continue
+            # On a tie with the global maximum, name the policy: it is the more specific source.
+            if policy_cap_s < cap_s or (cap_policy is None and policy_cap_s == cap_s):
+                cap_s, cap_policy = policy_cap_s, pid
+        return cap_s, cap_policy
+
+    def _duration_denial(self, key: EvaluationKey, cap_s: int, cap_policy: str | None) -> PolicyDecision | None:
+        role, duration_s = key[4][0], key[4][1]
+        if duration_s <= cap_s:
+            return None
+        source = f"policy {cap_policy}" if cap_policy is not None else "global maximum"
+        reason = (
+            f"requested duration {duration_s} s exceeds the maximum of {cap_s} s "
+            f"for {role} on {key[2]} ({source})"
+        )
+        return PolicyDecision("deny", (reason,), cap_s, 0, self._bundle.version)
+
+    def _grant_or_review(
+        self, key: EvaluationKey, permits: list[str], cap_s: int, result: cedarpy.AuthzResult
+    ) -> PolicyDecision:
+        version = self._bundle.version
+        eligible_reason = "eligible by " + ", ".join(permits)
+        if result.allowed and not result.diagnostics.errors:
+            reasons = (eligible_reason, "auto-approved by " + ", ".join(_policy_ids(result)))
+            return PolicyDecision("allow", reasons, cap_s, 0, version)
+
+        reasons = [eligible_reason]
+        blockers: list[str] = []
+        if result.diagnostics.errors:
+            reasons.extend(f"auto-approval evaluation failed: {error}" for error in _errors(result))
+        else:
+            blockers = [pid for pid in _policy_ids(result) if self._bundle.policies[pid].effect == "forbid"]
+            reasons.extend(self._forbid_reasons(blockers, "auto-approval blocked by"))
+        if len(reasons) == 1:
+            role, resource, risk_tenths, posture = key[4][0], key[2], key[4][2], key[4][3]
+            reasons.append(
+                f"no policy auto-approves {role} on {resource} at risk {risk_tenths / 10:.1f} "
+                f"with device posture {posture}"
+            )
+
+        approvals, approvals_policy = 1, None
+        for pid in permits + blockers:
+            policy_approvals = self._bundle.policies[pid].approvals
+            if policy_approvals is not None and policy_approvals > approvals:
+                approvals, approvals_policy = policy_approvals, pid
+        if approvals_policy is not None:
+            reasons.append(f"{approvals} approvals required by {approvals_policy}")
+        return PolicyDecision("review", tuple(reasons), cap_s, approvals, version)
+
+    def _forbid_reasons(self, policy_ids: Sequence[str], prefix: str) -> list[str]:
+        reasons = []
+        for pid in policy_ids:
+            policy = self._bundle.policies[pid]
+            if policy.effect != "forbid":
+                continue
+            reasons.append(f"{prefix} {pid}: {policy.reason}" if policy.reason else f"{prefix} {pid}")
+        return reasons
+
+
+def _errors(result: cedarpy.AuthzResult) -> list[str]:
+    """Return the evaluation errors sorted and cut to MAX_ERROR_CHARS, because some quote the whole entity set."""
+    return [
+        error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + "..."
+        for error in sorted(result.diagnostics.errors)
+    ]
+
+
+def _policy_ids(result: cedarpy.AuthzResult) -> list[str]:
+    """Return the determining policy ids sorted, because Cedar returns them in no fixed order."""
+    return sorted(result.diagnostics.reasons)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_id(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise PolicyInputError(f"{name} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_ID_CHARS:
+        raise PolicyInputError(f"{name} is {len(value)} characters long, the limit is {MAX_ID_CHARS}")
+
+
+def _entity_attributes(
+    declared: Mapping[str, AttributeSpec], values: Mapping[str, AttributeValue], where: str
+) -> tuple[tuple[str, Any], ...]:
+    """Coerce the attributes the schema declares to their Cedar types; others are ignored.
+
+    Returns sorted (name, value) pairs with sets as sorted tuples, so that equal
+    attribute sets give equal cache keys.
+    """
+    result = []
+    for name, spec in declared.items():
+        if name not in values or values[name] is None:
+            if spec.required:
+                raise PolicyInputError(f"{where}.{name} is missing and the policy schema requires it")
+            continue
+        result.append((name, spec.coerce(values[name], f"{where}.{name}")))
+    result.sort()
+    return tuple(result)
+
+
+def _context_json(context: tuple) -> str:
+    role, duration_s, risk_tenths, device_posture, hour_utc, source = context
+    return json.dumps(
+        {
+            "role": role,
+            "duration_s": duration_s,
+            "risk_tenths": risk_tenths,
+            "device_posture": device_posture,
+            "hour_utc": hour_utc,
+            "source": source,
+        }
+    )
+
+
+def _cedar_request(evaluation: _Evaluation, action: str) -> dict[str, Any]:
+    principal, _, resource, _, _ = evaluation.key
+    return {
+        "principal": {"type": USER_TYPE, "id": principal},
+        "action": {"type": "Action", "id": action},
+        "resource": {"type": RESOURCE_TYPE, "id": resource},
+        "context": evaluation.context_json,
+    }
+
+
+def _entity_json(entity_type: str, entity_id: str, attributes: tuple[tuple[str, Any], ...]) -> str:
+    attrs = {name: list(value) if isinstance(value, tuple) else value for name, value in attributes}
+    return json.dumps({"uid": {"type": entity_type, "id": entity_id}, "attrs": attrs, "parents": []})
+
+
+def _batch_entities(evaluations: list[_Evaluation]) -> str:
+    """Build the entity set of one batch as a JSON string, each principal and resource once."""
+    users: dict[str, tuple] = {}
+    resources: dict[str, tuple] = {}
+    for evaluation in evaluations:
+        principal, principal_attrs, resource, resource_attrs, _ = evaluation.key
+        users.setdefault(principal, principal_attrs)
+        resources.setdefault(resource, resource_attrs)
+    parts = [_entity_json(USER_TYPE, uid, attrs) for uid, attrs in users.items()]
+    parts.extend(_entity_json(RESOURCE_TYPE, uid, attrs) for uid, attrs in resources.items())
+    return "[" + ",".join(parts) + "]"
+
+
+def _split_conflicting(evaluations: list[_Evaluation]) -> list[list[_Evaluation]]:
+    """Split evaluations into rounds in which each entity uid has one attribute set."""
+    users: dict[str, tuple] = {}
+    resources: dict[str, tuple] = {}
+    for evaluation in evaluations:
+        principal, principal_attrs, resource, resource_attrs, _ = evaluation.key
+        if users.setdefault(principal, principal_attrs) != principal_attrs:
+            break
+        if resources.setdefault(resource, resource_attrs) != resource_attrs:
+            break
+    else:
+        return [evaluations]
+
+    rounds: list[tuple[list[_Evaluation], dict[tuple[str, str], tuple]]] = []
+    for evaluation in evaluations:
+        principal, principal_attrs, resource, resource_attrs, _ = evaluation.key
+        wanted = {(USER_TYPE, principal): principal_attrs, (RESOURCE_TYPE, resource): resource_attrs}
+        for members, seen in rounds:
+            if all(seen.get(uid, attrs) == attrs for uid, attrs in wanted.items()):
+                members.append(evaluation)
+                seen.update(wanted)
+                break
+        else:
+            rounds.append(([evaluation], dict(wanted)))
+    return [members for members, _ in rounds]

@@ -1,0 +1,67 @@
+"""A local jitgate cluster (Ray head, two embedded Redis servers, Serve app) for the whole session."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalCluster:
+    settings: object
+    api_url: str
+    keys: dict[str, str]
+    target_redis_url: str
+    redis_url: str
+
+    def client(self, profile: str) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {self.keys[profile]}"}, timeout=30)
+
+
+def cluster_settings(state_dir: Path, **overrides):
+    from cluster.settings import Settings
+
+    values = dict(
+        state_dir=state_dir, dashboard=False, http_port=free_port(), review_window_s=5, check_cache_ttl_ms=30_000,
+        ingress_replicas=2, ledger_shards=2, policy_shards=2, num_cpus=2,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def open_cluster(settings) -> LocalCluster:
+    from cluster.bootstrap import load_cluster_record, _state_paths
+
+    credentials = yaml.safe_load((settings.state_dir / "credentials.yaml").read_text())
+    record = load_cluster_record(_state_paths(settings))
+    return LocalCluster(
+        settings=settings, api_url=record.api_url, keys={name: p["key"] for name, p in credentials["profiles"].items()},
+        target_redis_url=record.target_redis_url, redis_url=record.redis_url,
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    from cluster.bootstrap import down, up
+
+    state_dir = Path(tempfile.mkdtemp(prefix="jg", dir="/tmp"))
+    settings = cluster_settings(state_dir)
+    try:
+        up(settings, out=lambda line: None)
+        yield open_cluster(settings)
+    finally:
+        down(settings, out=lambda line: None)
+        shutil.rmtree(state_dir, ignore_errors=True)
