@@ -14,14 +14,13 @@ from ray import serve
 from cluster.app import create_app
 from cluster.backends import RayBackends
 from cluster.catalogs import load_catalogs
+from cluster.replica_state import current_replica_id, current_service, set_replica
 from cluster.service import AccessService
 from cluster.settings import Settings
 
 logger = logging.getLogger("jitgate.cluster")
 
-_replica: dict[str, AccessService] = {}
-_replica_id: dict[str, str] = {"id": "unknown"}
-api = create_app(lambda: _replica["service"], replica_id=lambda: _replica_id["id"])
+api = create_app(current_service, replica_id=current_replica_id)
 
 
 @serve.deployment(
@@ -38,8 +37,7 @@ class Ingress:
         directory, catalog, keyring = load_catalogs(self.settings)
         backends = RayBackends(self.settings)
         self.service = AccessService(self.settings, backends, directory=directory, catalog=catalog, keyring=keyring)
-        _replica["service"] = self.service
-        _replica_id["id"] = serve.get_replica_context().replica_id.unique_id
+        set_replica(self.service, serve.get_replica_context().replica_id.unique_id)
         asyncio.get_event_loop().create_task(self.service.start())
 
     async def check_health(self) -> None:
