@@ -302,6 +302,8 @@ def _tcp_port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
 
 def _check_port_free(host: str, port: int, variable: str) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the servers do, so that connections in TIME_WAIT after a `down` do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
