@@ -10,6 +10,10 @@ from typing import Any
 from actors.domain.directory import ResourceEntry
 from cluster.backends import policy_shard_of
 
+# The risk model learned resources as the numeric RESOURCE ids of the access log, which
+# replayed requests carry as `amazon:<id>`; other names fall into the model's unknown slot.
+MODEL_RESOURCE_PREFIX = "amazon:"
+
 
 @dataclass(frozen=True)
 class DecisionItem:
@@ -28,7 +32,7 @@ class DecisionItem:
         return {
             "principal": self.principal,
             "principal_attributes": {k: v for k, v in self.principal_attributes.items() if isinstance(v, str)},
-            "resource": self.resource,
+            "resource": self.resource.removeprefix(MODEL_RESOURCE_PREFIX),
             "role": self.role,
             "duration_s": self.duration_s,
             "device_posture": self.device_posture,

@@ -106,27 +106,59 @@ class GrantLedger:
 
     async def _persist(self, plan: Plan) -> str | None:
         """Commit a plan; returns the existing idempotency record when the key was taken meanwhile."""
+        outcome = (await self._persist_many([plan]))[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _persist_many(self, plans: list[Plan]) -> list[str | None | Exception]:
+        """Commit plans in one pipeline; per plan None (done), the existing idempotency record, or an error.
+
+        A plan rejected by its version or idempotency check makes the plans after it fail their
+        head check only because the head did not move; those are sent again on the new head.
+        """
+        results: list[str | None | Exception] = [None] * len(plans)
+        waiting = list(range(len(plans)))
+        stale = False
         async with self._write_lock:
-            if self.head is None:
-                self.head = await self.store.head()
-            try:
-                outcome, new_head = await self.store.commit(plan, self.head)
-            except Unavailable:
-                # The script may or may not have run: re-read the head before the next commit.
-                self.head = None
-                raise
-            if outcome.ok:
+            while waiting:
+                if self.head is None:
+                    self.head = await self.store.head()
+                try:
+                    outcomes, new_head = await self.store.commit_many([plans[i] for i in waiting], self.head)
+                except Unavailable as error:
+                    # The scripts may or may not have run: re-read the head before the next commit.
+                    self.head = None
+                    for i in waiting:
+                        results[i] = error
+                    return results
                 self.head = new_head
-                self.state.apply(plan)
-                self.counters["commits_total"] += 1
-                self._wake.set()
-                return None
-        if outcome.reason == "idem":
-            return outcome.detail
-        if outcome.reason == "head":
+                retry: list[int] = []
+                rejected = False
+                for i, outcome in zip(waiting, outcomes):
+                    if outcome.ok:
+                        self.state.apply(plans[i])
+                        self.counters["commits_total"] += 1
+                    elif outcome.reason == "head" and rejected:
+                        retry.append(i)
+                    elif outcome.reason == "head":
+                        stale = True
+                        results[i] = StaleState(outcome.detail)
+                        rejected = True
+                    elif outcome.reason == "idem":
+                        results[i] = outcome.detail
+                        rejected = True
+                    else:
+                        results[i] = Conflict(f"the record changed concurrently ({outcome.detail}); reload it and retry")
+                        rejected = True
+                waiting = [] if stale else retry
+                if stale:
+                    for i in retry:
+                        results[i] = StaleState("audit chain head moved")
+        self._wake.set()
+        if stale:
             await self._resync()
-            raise StaleState(outcome.detail)
-        raise Conflict(f"the record changed concurrently ({outcome.detail}); reload it and retry")
+        return results
 
     async def _resync(self) -> None:
         logger.warning("ledger shard %d found a newer audit chain head in Redis; reloading the shard", self.shard)

@@ -79,13 +79,36 @@ class LedgerStore:
         return value.decode() if value else GENESIS_HASH
 
     async def commit(self, plan: Plan, head: str) -> tuple[CommitOutcome, str]:
-        argument, new_head = encode_plan(plan, shard=self.shard, head=head)
-        result = await self._call(self._script(keys=[], args=[argument, GENESIS_HASH]))
-        status = result[0].decode() if isinstance(result[0], bytes) else result[0]
-        if status == "ok":
-            return CommitOutcome(True), new_head
-        detail = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
-        return CommitOutcome(False, status, detail), head
+        outcomes, new_head = await self.commit_many([plan], head)
+        return outcomes[0], new_head
+
+    async def commit_many(self, plans: list[Plan], head: str) -> tuple[list[CommitOutcome], str]:
+        """Send several plans in one pipeline, each chained on the head the previous one leaves.
+
+        Returns one outcome per plan and the head after the last accepted plan. Once a plan is
+        rejected, the plans after it fail the head check and come back with reason "head".
+        """
+        pipe = self.client.pipeline(transaction=False)
+        heads = []
+        running = head
+        for plan in plans:
+            argument, running = encode_plan(plan, shard=self.shard, head=running)
+            heads.append(running)
+            await self._script(keys=[], args=[argument, GENESIS_HASH], client=pipe)
+        results = await self._call(pipe.execute(raise_on_error=False))
+        outcomes = []
+        accepted_head = head
+        for result, new_head in zip(results, heads):
+            if isinstance(result, Exception):
+                raise result
+            status = result[0].decode() if isinstance(result[0], bytes) else result[0]
+            if status == "ok":
+                outcomes.append(CommitOutcome(True))
+                accepted_head = new_head
+            else:
+                detail = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+                outcomes.append(CommitOutcome(False, status, detail))
+        return outcomes, accepted_head
 
     async def load_request(self, request_id: str) -> RequestRecord | None:
         data = await self._call(self.client.hget(request_key(request_id), "d"))
