@@ -50,7 +50,12 @@ class AdaptiveBatcher(Generic[Item, Result]):
                     future.set_exception(error)
         else:
             for (_, future), result in zip(batch, results):
-                if not future.done():
+                if future.done():
+                    continue
+                # A batch call may refuse single items by returning their exception in place.
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
         finally:
             self._slots.release()

@@ -61,6 +61,10 @@ class AccessService:
         self.reader = RedisReader(self.redis, ledger_shards=settings.ledger_shards)
         self.cache = CheckCache(settings.check_cache_ttl_ms)
         self._decisions = AdaptiveBatcher(self._decide_items, max_batch=1024, max_in_flight=2)
+        self._submitters = [
+            AdaptiveBatcher(self._submit_batch_to(shard), max_batch=512, max_in_flight=2)
+            for shard in range(settings.ledger_shards)
+        ]
         self._listener: asyncio.Task | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
@@ -187,8 +191,14 @@ class AccessService:
             "body_sha256": body_sha256,
             "key_id": caller.key_id,
         }
-        stored = await self.backends.ledger(ledger_shard(principal, self.settings.ledger_shards), "submit", submission)
+        stored = await self._submitters[ledger_shard(principal, self.settings.ledger_shards)].submit(submission)
         return result_view(stored["request"], stored["grant"]), stored["replayed"]
+
+    def _submit_batch_to(self, shard: int):
+        async def submit_batch(submissions: list[dict[str, Any]]) -> list[Any]:
+            return await self.backends.ledger(shard, "submit_many", submissions)
+
+        return submit_batch
 
     @staticmethod
     def _replay(stored: dict[str, Any], idempotency_key: str, body_sha256: str) -> dict[str, Any]:

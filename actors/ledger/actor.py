@@ -184,25 +184,91 @@ class GrantLedger:
     # ---- requests -------------------------------------------------------------------------
 
     async def submit(self, submission: dict[str, Any]) -> dict[str, Any]:
-        item = Submission(**submission)
+        result = (await self.submit_many([submission]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        async def operation() -> dict[str, Any]:
-            async with self._lock_for(self._principal_locks, item.principal):
-                if item.idempotency_key is not None:
-                    existing = await self.store._call(self.client.get(idempotency_key(item.submitter, item.idempotency_key)))
-                    if existing is not None:
-                        return await self._replay_idempotent(existing.decode(), item)
-                plan, request, grant = plan_submit(
-                    self.state, item, shard=self.shard, now_ms=self.clock.now_ms(), review_window_s=self.review_window_s
-                )
-                existing = await self._persist(plan)
-                if existing is not None:
-                    return await self._replay_idempotent(existing, item)
-            if grant is not None:
-                await self._apply_access(grant)
-            return {"request": request.to_dict(), "grant": grant.to_dict() if grant else None, "replayed": False}
+    async def submit_many(self, submissions: list[dict[str, Any]]) -> list[dict[str, Any] | JitError]:
+        """Store a batch of decided requests; per item the stored result or the error that refused it.
 
-        return await self._with_replan(operation)
+        Items of one principal go in successive rounds, so each is planned against the state the
+        previous one left (an auto-approval is visible to the next request's active-grant check).
+        """
+        await self._loaded.wait()
+        items = [Submission(**s) for s in submissions]
+        results: list[dict[str, Any] | JitError | None] = [None] * len(items)
+        waiting = list(range(len(items)))
+        replans = 0
+        while waiting:
+            this_round, later, principals = [], [], set()
+            for i in waiting:
+                (later if items[i].principal in principals else this_round).append(i)
+                principals.add(items[i].principal)
+            stale = await self._submit_round(items, this_round, results)
+            if stale and replans < 1:
+                replans += 1
+                later = stale + later
+            else:
+                for i in stale:
+                    results[i] = Conflict("the ledger shard changed during the request; retry it")
+            waiting = later
+        return results
+
+    async def _submit_round(self, items: list[Submission], indexes: list[int], results: list) -> list[int]:
+        """Plan and persist one request per principal; returns the indexes to plan again."""
+        locks = [self._lock_for(self._principal_locks, p) for p in sorted({items[i].principal for i in indexes})]
+        for lock in locks:
+            await lock.acquire()
+        try:
+            keyed = [i for i in indexes if items[i].idempotency_key is not None]
+            existing = {}
+            if keyed:
+                pipe = self.client.pipeline(transaction=False)
+                for i in keyed:
+                    pipe.get(idempotency_key(items[i].submitter, items[i].idempotency_key))
+                for i, value in zip(keyed, await self.store._call(pipe.execute())):
+                    if value is not None:
+                        existing[i] = value.decode()
+            planned: list[tuple[int, Plan, RequestRecord, GrantRecord | None]] = []
+            for i in indexes:
+                if i in existing:
+                    continue
+                try:
+                    plan, request, grant = plan_submit(
+                        self.state, items[i], shard=self.shard, now_ms=self.clock.now_ms(),
+                        review_window_s=self.review_window_s,
+                    )
+                except JitError as error:
+                    results[i] = error
+                    continue
+                planned.append((i, plan, request, grant))
+            outcomes = await self._persist_many([plan for _, plan, _, _ in planned]) if planned else []
+        finally:
+            for lock in locks:
+                lock.release()
+
+        stale: list[int] = []
+        granted: list[GrantRecord] = []
+        for (i, _, request, grant), outcome in zip(planned, outcomes):
+            if isinstance(outcome, StaleState):
+                stale.append(i)
+            elif isinstance(outcome, JitError):
+                results[i] = outcome
+            elif isinstance(outcome, str):
+                existing[i] = outcome
+            else:
+                results[i] = {"request": request.to_dict(), "grant": grant.to_dict() if grant else None, "replayed": False}
+                if grant is not None:
+                    granted.append(grant)
+        for i, value in existing.items():
+            try:
+                results[i] = await self._replay_idempotent(value, items[i])
+            except JitError as error:
+                results[i] = error
+        if granted:
+            await asyncio.gather(*(self._apply_access(grant) for grant in granted))
+        return stale
 
     async def _replay_idempotent(self, existing: str, item: Submission) -> dict[str, Any]:
         request_id, _, body_sha256 = existing.partition(" ")
