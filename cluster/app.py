@@ -6,6 +6,7 @@ and the limit; no handler returns a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -16,6 +17,8 @@ from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.service import AccessService
@@ -46,6 +49,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 ROUTE_LABEL = "route"
+SHARD_LABEL = "shard"
 STATUS_LABEL = "status"
 
 
@@ -73,6 +77,40 @@ def _validation_problem(error: RequestValidationError) -> JSONResponse:
     return problem(400, "invalid_input", message, **details)
 
 
+class ShardStatsCollector(Collector):
+    """Ledger shard gauges and counters, read from the shard actors when /metrics is scraped."""
+
+    def __init__(self) -> None:
+        self.snapshot: list[dict[str, Any]] = []
+        self.cache = (0, 0, 0)
+
+    def collect(self):
+        gauges = {
+            "active_grants": GaugeMetricFamily("jitgate_grants_active", "Active grants per ledger shard.", labels=[SHARD_LABEL]),
+            "revoking_grants": GaugeMetricFamily(
+                "jitgate_grants_revoking", "Grants whose access removal is still being retried.", labels=[SHARD_LABEL]
+            ),
+            "pending_requests": GaugeMetricFamily("jitgate_requests_pending", "Requests waiting for reviews.", labels=[SHARD_LABEL]),
+        }
+        counters = {
+            "revoke_retries_total": CounterMetricFamily(
+                "jitgate_revoke_retries", "Failed access removals that were retried.", labels=[SHARD_LABEL]
+            ),
+            "grants_expired_total": CounterMetricFamily("jitgate_grants_expired", "Grants ended at their deadline.", labels=[SHARD_LABEL]),
+            "grants_revoked_total": CounterMetricFamily("jitgate_grants_revoked", "Grants ended early.", labels=[SHARD_LABEL]),
+        }
+        for stats in self.snapshot:
+            shard = str(stats["shard"])
+            for name, family in (*gauges.items(), *counters.items()):
+                family.add_metric([shard], stats.get(name, 0))
+        yield from gauges.values()
+        yield from counters.values()
+        hits, misses, size = self.cache
+        yield CounterMetricFamily("jitgate_check_cache_hits", "check answers served from this replica's cache.", value=hits)
+        yield CounterMetricFamily("jitgate_check_cache_misses", "check answers fetched from a ledger shard.", value=misses)
+        yield GaugeMetricFamily("jitgate_check_cache_entries", "Entries in this replica's check cache.", value=size)
+
+
 def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable[[], str] | None = None) -> FastAPI:
     """Build the API app; `replica_id`, when given, names the answering replica in `X-Jitgate-Replica`."""
     api = FastAPI(
@@ -87,6 +125,8 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
     api.state.registry = registry
+    shard_stats = ShardStatsCollector()
+    registry.register(shard_stats)
 
     @api.middleware("http")
     async def limits_and_metrics(request: Request, call_next):
@@ -149,6 +189,13 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
 
     @api.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        current = service()
+        try:
+            shard_stats.snapshot = await asyncio.wait_for(current.shard_stats(), timeout=1.0)
+        except (JitError, asyncio.TimeoutError) as error:
+            logger.warning("ledger statistics for /metrics are unavailable: %s", error)
+            shard_stats.snapshot = []
+        shard_stats.cache = (current.cache.hits, current.cache.misses, len(current.cache))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/v1/requests", status_code=201, response_model=RequestResult)

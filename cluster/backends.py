@@ -19,6 +19,8 @@ from jitgate.errors import JitError, Unavailable
 logger = logging.getLogger("jitgate.cluster")
 
 ACTOR_CALL_TIMEOUT_S = 10.0
+# A check waits this long for the shard's primary before the replica answers it.
+READ_FAILOVER_S = 0.25
 
 
 def policy_shard_of(resource: str, shards: int) -> int:
@@ -53,8 +55,16 @@ class RayBackends:
             "num_cpus": 0,
             "namespace": settings.namespace,
         }
+        # SPREAD places a shard's primary and replica on different nodes when there are several.
+        spread = {**common, "scheduling_strategy": "SPREAD"}
         self.ledgers = [
-            ray.remote(GrantLedger).options(name=f"jitgate-ledger-{i}", **common).remote(i, ledger_config(settings))
+            ray.remote(GrantLedger).options(name=f"jitgate-ledger-{i}", **spread).remote(i, ledger_config(settings))
+            for i in range(settings.ledger_shards)
+        ]
+        self.replicas = [
+            ray.remote(GrantLedger)
+            .options(name=f"jitgate-ledger-{i}-replica", **spread)
+            .remote(i, ledger_config(settings), role="replica")
             for i in range(settings.ledger_shards)
         ]
         self.policies = [
@@ -69,20 +79,32 @@ class RayBackends:
         ]
         self._next_scorer = itertools.cycle(range(len(self.scorers)))
 
+    async def _result(self, ref: Any) -> Any:
+        """Await an actor call, raising the actor's own `JitError` instead of Ray's wrapper."""
+        try:
+            return await ref
+        except self._ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, JitError):
+                raise error.cause from None
+            raise
+
     async def _await(self, ref: Any, what: str) -> Any:
         try:
-            return await asyncio.wait_for(ref, timeout=ACTOR_CALL_TIMEOUT_S)
-        except self._ray.exceptions.RayTaskError as error:
-            cause = error.cause
-            if isinstance(cause, JitError):
-                raise cause from None
-            raise
+            return await asyncio.wait_for(self._result(ref), timeout=ACTOR_CALL_TIMEOUT_S)
         except (asyncio.TimeoutError, self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError) as error:
             logger.warning("%s failed: %s", what, error)
             raise Unavailable(f"{what} is unavailable ({type(error).__name__}); retry shortly", retry_after_s=1) from error
 
     async def ledger(self, shard: int, method: str, *args: Any) -> Any:
         return await self._await(getattr(self.ledgers[shard], method).remote(*args), f"ledger shard {shard}")
+
+    async def ledger_read(self, shard: int, method: str, *args: Any) -> Any:
+        """A read that the primary answers, or the replica when the primary does not answer in time."""
+        primary = getattr(self.ledgers[shard], method).remote(*args)
+        try:
+            return await asyncio.wait_for(self._result(primary), timeout=READ_FAILOVER_S)
+        except (asyncio.TimeoutError, self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError):
+            return await self._await(getattr(self.replicas[shard], method).remote(*args), f"ledger replica {shard}")
 
     async def policy(self, shard: int, method: str, *args: Any) -> Any:
         return await self._await(getattr(self.policies[shard], method).remote(*args), f"policy shard {shard}")
@@ -93,6 +115,7 @@ class RayBackends:
 
     async def wait_ready(self) -> None:
         await asyncio.gather(*(self.ledger(i, "ready") for i in range(len(self.ledgers))))
+        await asyncio.gather(*(self._await(r.ready.remote(), "ledger replica") for r in self.replicas))
         await asyncio.gather(*(self.policy(i, "version") for i in range(len(self.policies))))
 
 
@@ -117,6 +140,9 @@ class LocalBackends:
         return result
 
     async def ledger(self, shard: int, method: str, *args: Any) -> Any:
+        return await self._call(self.ledgers[shard], method, *args)
+
+    async def ledger_read(self, shard: int, method: str, *args: Any) -> Any:
         return await self._call(self.ledgers[shard], method, *args)
 
     async def policy(self, shard: int, method: str, *args: Any) -> Any:

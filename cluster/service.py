@@ -329,7 +329,7 @@ class AccessService:
         if cached is not None:
             return self._check_view(cached.allowed, cached.grant_id, cached.expires_ms)
         generation = self.cache.generation
-        found = await self.backends.ledger(ledger_shard(key[0], self.settings.ledger_shards), "check", *key)
+        found = await self.backends.ledger_read(ledger_shard(key[0], self.settings.ledger_shards), "check", *key)
         self.cache.put(key, allowed=found["allowed"], grant_id=found["grant_id"], expires_ms=found["expires_ms"],
                        now_ms=now_ms, generation=generation)
         return self._check_view(found["allowed"], found["grant_id"], found["expires_ms"])
@@ -355,7 +355,7 @@ class AccessService:
         expires = [0] * count
 
         async def run(shard: int, indexes: list[int]) -> None:
-            found = await self.backends.ledger(
+            found = await self.backends.ledger_read(
                 shard, "check_many", [principals[i] for i in indexes], [body.resources[i] for i in indexes],
                 [body.roles[i] for i in indexes],
             )
@@ -378,6 +378,9 @@ class AccessService:
             items.append(self._decision_item(principal, attributes, entry.resource, entry.role, entry.duration_s,
                                              entry.context.model_dump(mode="json"), now_ms))
         return {"decisions": await decide_batch(self.backends, items, self.settings.policy_shards)}
+
+    async def shard_stats(self) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self.backends.ledger(shard, "stats") for shard in range(self.settings.ledger_shards))))
 
     async def audit(self, caller: ApiKey, *, shard: int | None, after: str | None, limit: int) -> dict[str, Any]:
         self.require_scope(caller, "admin")

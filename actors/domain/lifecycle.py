@@ -149,7 +149,7 @@ def transition_request(
         from_state=record.state.value if record.state else None,
         to_state=target.value,
         message=message,
-        data={"principal": record.principal, "resource": record.resource, "role": record.role},
+        data={"principal": record.principal, "resource": record.resource, "role": record.role, "version": moved.version},
     )
     return moved, entry
 
@@ -188,6 +188,7 @@ def transition_grant(
             "role": record.role,
             "request_id": record.request_id,
             "expires_ms": moved.expires_ms,
+            "version": moved.version,
         },
     )
     return moved, entry

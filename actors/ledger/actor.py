@@ -7,17 +7,19 @@ in-memory state only after Redis accepted it, so an acknowledged transition is a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import weakref
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from actors.domain.clock import Clock, SystemClock
 from actors.domain.lifecycle import GrantRecord, RequestRecord
 from actors.ledger.grants import SYSTEM, plan_end, plan_extend, plan_removed
-from actors.ledger.plan import Plan, idempotency_key
+from actors.ledger.plan import Plan, idempotency_key, shard_key
 from actors.ledger.redis_store import LedgerStore
 from actors.ledger.requests import Submission, plan_cancel, plan_expire_request, plan_review, plan_submit
 from actors.ledger.state import ShardState
@@ -31,6 +33,12 @@ SECRET_KEY = "jg:provisioner-secret"
 MAX_IDLE_WAIT_S = 1.0
 REMOVE_BACKOFF_START_S = 0.05
 REMOVE_BACKOFF_MAX_S = 10.0
+MAX_HEAD_RETRIES = 3
+
+
+# A replica ends a grant only when the primary has not done so this long after the deadline.
+REPLICA_GRACE_MS = 300
+FOLLOW_BATCH = 500
 
 
 class StaleState(Exception):
@@ -38,7 +46,12 @@ class StaleState(Exception):
 
 
 class GrantLedger:
-    def __init__(self, shard: int, config: dict[str, Any], clock: Clock | None = None) -> None:
+    def __init__(self, shard: int, config: dict[str, Any], clock: Clock | None = None, *, role: str = "primary") -> None:
+        """`role` "primary" takes all writes; "replica" follows the shard's audit stream, answers
+        `check`, and ends grants only when the primary missed a deadline by `REPLICA_GRACE_MS`."""
+        if role not in ("primary", "replica"):
+            raise ValueError(f"role must be 'primary' or 'replica', got {role!r}")
+        self.role = role
         self.shard = shard
         self.review_window_s = int(config["review_window_s"])
         self.clock = clock or SystemClock()
@@ -58,6 +71,7 @@ class GrantLedger:
         self._wake = asyncio.Event()
         self._removals: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._stream_position = "0-0"
         self._spawn(self._run())
 
     # ---- start-up -------------------------------------------------------------------------
@@ -67,10 +81,11 @@ class GrantLedger:
         while not self._loaded.is_set():
             try:
                 await self._load()
-            except (Unavailable, OSError) as error:
+            except (Unavailable, OSError, RedisError) as error:
                 logger.warning("ledger shard %d cannot load from Redis (%s); retrying in %.1f s", self.shard, error, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
+        self._spawn(self._follow())
         await self._expiry_loop()
 
     async def _load(self) -> None:
@@ -80,6 +95,9 @@ class GrantLedger:
         if self.target_redis_url:
             self.provisioners["redis-acl"] = RedisAclProvisioner(self.target_redis_url, secret_value)
         state = ShardState()
+        # Read the stream position first: events committed during the load are followed again,
+        # and the version check makes applying them twice harmless.
+        self._stream_position = await self.store.stream_position()
         requests, grants = await self.store.load_open()
         for request in requests:
             state.put_request(request)
@@ -92,11 +110,50 @@ class GrantLedger:
             "ledger shard %d loaded %d pending requests and %d live grants", self.shard, len(requests), len(grants)
         )
         for grant in grants:
+            if self.role != "primary":
+                continue
             if grant.state is GrantState.ACTIVE and grant.expires_ms > self.clock.now_ms():
                 self._spawn(self._apply_access(grant))
             elif grant.state is GrantState.REVOKING:
                 self._start_removal(grant)
         self._wake.set()
+
+    async def _follow(self) -> None:
+        """Apply transitions that another ledger actor of this shard committed, from the audit stream."""
+        while True:
+            try:
+                entries = await self.client.xread(
+                    {shard_key(self.shard, "audit"): self._stream_position}, block=500, count=FOLLOW_BATCH
+                )
+                for _, messages in entries or ():
+                    await self._apply_events(messages)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, Unavailable) as error:
+                logger.warning("ledger shard %d (%s) cannot follow its audit stream: %s", self.shard, self.role, error)
+                await asyncio.sleep(0.2)
+
+    async def _apply_events(self, messages: list) -> None:
+        unknown: dict[str, str] = {}
+        for message_id, fields in messages:
+            self._stream_position = message_id.decode() if isinstance(message_id, bytes) else message_id
+            event = json.loads(fields[b"e"])
+            version = int(event.get("data", {}).get("version", 0))
+            if version == 0 or self.state.known_version(event["subject"]) < version:
+                unknown[event["subject"]] = event["kind"]
+        if not unknown:
+            return
+        records = await self.store.load_records(unknown)
+        changed = False
+        for kind, record in records:
+            if kind == "request":
+                self.state.put_request(record)
+            else:
+                before = self.state.grants.get(record.id)
+                self.state.put_grant(record)
+                changed = changed or before is None
+        if changed:
+            self._wake.set()
 
     async def ready(self) -> bool:
         await asyncio.wait_for(self._loaded.wait(), timeout=30)
@@ -120,6 +177,7 @@ class GrantLedger:
         results: list[str | None | Exception] = [None] * len(plans)
         waiting = list(range(len(plans)))
         stale = False
+        head_retries = 0
         async with self._write_lock:
             while waiting:
                 if self.head is None:
@@ -134,6 +192,7 @@ class GrantLedger:
                     return results
                 self.head = new_head
                 retry: list[int] = []
+                # new_head is the head after the last accepted plan; a head rejection below replaces it.
                 rejected = False
                 for i, outcome in zip(waiting, outcomes):
                     if outcome.ok:
@@ -141,6 +200,14 @@ class GrantLedger:
                         self.counters["commits_total"] += 1
                     elif outcome.reason == "head" and rejected:
                         retry.append(i)
+                    elif outcome.reason == "head" and head_retries < MAX_HEAD_RETRIES:
+                        # Another actor of this shard (the replica, or a former primary) wrote
+                        # since our last commit: adopt its head; the version checks still guard
+                        # every record.
+                        head_retries += 1
+                        self.head = outcome.detail
+                        retry.append(i)
+                        rejected = True
                     elif outcome.reason == "head":
                         stale = True
                         results[i] = StaleState(outcome.detail)
@@ -301,12 +368,6 @@ class GrantLedger:
                     duration_s=duration_s, current_policy_version=current_policy_version, provisioner=provisioner,
                     now_ms=self.clock.now_ms(), key_id=key_id,
                 )
-                if grant is not None and self.state.active_grant(grant.entitlement, self.clock.now_ms()):
-                    active = self.state.active_grant(grant.entitlement, self.clock.now_ms())
-                    raise Conflict(
-                        f"{request.principal} already has active grant {active.id} for {request.role} on {request.resource}",
-                        grant_id=active.id,
-                    )
                 await self._persist(plan)
             if grant is not None:
                 await self._apply_access(grant)
@@ -427,6 +488,8 @@ class GrantLedger:
         """Remove the access with backoff until the target accepts, then record expired or revoked."""
         backoff_s = REMOVE_BACKOFF_START_S
         try:
+            if self.role == "replica" and not await self._take_over_if_missed(grant_id, GrantState.REVOKING):
+                return
             while True:
                 grant = self.state.grants.get(grant_id)
                 if grant is None or grant.state is not GrantState.REVOKING:
@@ -450,7 +513,27 @@ class GrantLedger:
         finally:
             self._removals.discard(grant_id)
 
+    async def _take_over_if_missed(self, grant_id: str, state: GrantState) -> bool:
+        """On a replica: wait out the grace period, then report whether the grant is still in `state`."""
+        await asyncio.sleep(REPLICA_GRACE_MS / 1000)
+        fresh = await self.store.load_grant(grant_id)
+        if fresh is None:
+            return False
+        self.state.put_grant(fresh)
+        if fresh.state is not state:
+            return False
+        logger.warning("replica of ledger shard %d takes over grant %s (%s): the primary is late", self.shard, grant_id, state.value)
+        return True
+
     async def _expire_grant(self, grant: GrantRecord) -> None:
+        if self.role == "replica":
+            try:
+                if not await self._take_over_if_missed(grant.id, GrantState.ACTIVE):
+                    return
+            except Unavailable as error:
+                logger.warning("replica cannot read grant %s (%s); retrying", grant.id, error)
+                self._retry_expiry(grant)
+                return
         try:
             async with self._lock_for(self._principal_locks, grant.principal):
                 live = self.state.grants.get(grant.id)
@@ -458,13 +541,22 @@ class GrantLedger:
                     return
                 plan, moved = plan_end(live, "deadline", shard=self.shard, now_ms=self.clock.now_ms(), actor=SYSTEM, key_id=SYSTEM, reason="deadline reached")
                 await self._persist(plan)
-        except (Unavailable, StaleState, Conflict) as error:
+        except Conflict as error:
+            # Another actor of the shard ended it first; the stream brings its transition.
+            logger.info("grant %s was ended by another actor of shard %d (%s)", grant.id, self.shard, error)
+            return
+        except (Unavailable, StaleState) as error:
             logger.warning("expiring grant %s failed (%s); retrying", grant.id, error)
             await asyncio.sleep(0.1)
-            self.state.put_grant(self.state.grants.get(grant.id, grant))
-            self._wake.set()
+            self._retry_expiry(grant)
             return
         self._start_removal(moved)
+
+    def _retry_expiry(self, grant: GrantRecord) -> None:
+        live = self.state.grants.get(grant.id)
+        if live is not None and live.state is GrantState.ACTIVE:
+            self.state.requeue_expiry(live)
+        self._wake.set()
 
     async def _expire_request(self, request: RequestRecord) -> None:
         try:
@@ -489,7 +581,8 @@ class GrantLedger:
             for grant in self.state.due_grants(now_ms):
                 self._spawn(self._expire_grant(grant))
             for request in self.state.due_requests(now_ms):
-                self._spawn(self._expire_request(request))
+                if self.role == "primary":
+                    self._spawn(self._expire_request(request))
             next_ms = self.state.next_deadline_ms()
             wait_s = MAX_IDLE_WAIT_S if next_ms is None else min(MAX_IDLE_WAIT_S, max(0.0, (next_ms - now_ms) / 1000))
             try:

@@ -118,6 +118,30 @@ class LedgerStore:
         data = await self._call(self.client.hget(grant_key(grant_id), "d"))
         return GrantRecord.from_dict(json.loads(data)) if data else None
 
+    async def stream_position(self) -> str:
+        """Id of the newest audit event of this shard, or "0-0" for an empty stream."""
+        newest = await self._call(self.client.xrevrange(shard_key(self.shard, "audit"), count=1))
+        if not newest:
+            return "0-0"
+        message_id = newest[0][0]
+        return message_id.decode() if isinstance(message_id, bytes) else message_id
+
+    async def load_records(self, kinds_by_id: dict[str, str]) -> list[tuple[str, RequestRecord | GrantRecord]]:
+        """Load requests and grants by id; `kinds_by_id` maps each id to "request" or "grant"."""
+        ids = list(kinds_by_id)
+        pipe = self.client.pipeline(transaction=False)
+        for record_id in ids:
+            key = request_key(record_id) if kinds_by_id[record_id] == "request" else grant_key(record_id)
+            pipe.hget(key, "d")
+        found: list[tuple[str, RequestRecord | GrantRecord]] = []
+        for record_id, value in zip(ids, await self._call(pipe.execute())):
+            if not value:
+                continue
+            kind = kinds_by_id[record_id]
+            data = json.loads(value)
+            found.append((kind, RequestRecord.from_dict(data) if kind == "request" else GrantRecord.from_dict(data)))
+        return found
+
     async def load_open(self) -> tuple[list[RequestRecord], list[GrantRecord]]:
         """Load the pending requests and the active or revoking grants of this shard."""
         request_ids = await self._call(self.client.zrange(shard_key(self.shard, "pending"), 0, -1))

@@ -14,6 +14,8 @@ from jitgate.models import GrantState, RequestState
 
 Entitlement = tuple[str, str, str]
 
+MAX_TRACKED_VERSIONS = 200_000
+
 
 class ShardState:
     def __init__(self) -> None:
@@ -22,6 +24,8 @@ class ShardState:
         self.entitlements: dict[Entitlement, set[str]] = {}  # active grant ids only
         self._expiry_heap: list[tuple[int, str]] = []
         self._review_heap: list[tuple[int, str]] = []
+        # Last applied version per record id, so a late copy of an older version is ignored.
+        self.versions: dict[str, int] = {}
 
     def apply(self, plan: Plan) -> None:
         for _, request in plan.requests:
@@ -29,7 +33,22 @@ class ShardState:
         for _, grant in plan.grants:
             self.put_grant(grant)
 
+    def known_version(self, record_id: str) -> int:
+        return self.versions.get(record_id, 0)
+
+    def _accept(self, record_id: str, version: int) -> bool:
+        if self.versions.get(record_id, 0) > version:
+            return False
+        if len(self.versions) >= MAX_TRACKED_VERSIONS:
+            # Keep the versions of live records; ended ones can no longer be changed.
+            live = set(self.pending) | set(self.grants)
+            self.versions = {k: v for k, v in self.versions.items() if k in live}
+        self.versions[record_id] = version
+        return True
+
     def put_request(self, request: RequestRecord) -> None:
+        if not self._accept(request.id, request.version):
+            return
         if request.state is RequestState.PENDING:
             self.pending[request.id] = request
             if request.review_deadline_ms is not None:
@@ -38,6 +57,8 @@ class ShardState:
             self.pending.pop(request.id, None)
 
     def put_grant(self, grant: GrantRecord) -> None:
+        if not self._accept(grant.id, grant.version):
+            return
         holders = self.entitlements.setdefault(grant.entitlement, set())
         if grant.state is GrantState.ACTIVE:
             self.grants[grant.id] = grant
@@ -51,6 +72,9 @@ class ShardState:
             holders.discard(grant.id)
         if not holders:
             self.entitlements.pop(grant.entitlement, None)
+
+    def requeue_expiry(self, grant: GrantRecord) -> None:
+        heapq.heappush(self._expiry_heap, (grant.expires_ms, grant.id))
 
     def active_grant(self, entitlement: Entitlement, now_ms: int) -> GrantRecord | None:
         """The active grant on an entitlement that expires last, if its deadline has not passed."""
