@@ -19,7 +19,7 @@ from jitgate.errors import JitError, Unavailable
 logger = logging.getLogger("jitgate.cluster")
 
 ACTOR_CALL_TIMEOUT_S = 10.0
-# A check waits this long for the shard's primary before the replica answers it.
+# A check waits this long for the shard's primary before the replica is asked instead.
 READ_FAILOVER_S = 0.25
 
 
@@ -99,7 +99,7 @@ class RayBackends:
         return await self._await(getattr(self.ledgers[shard], method).remote(*args), f"ledger shard {shard}")
 
     async def ledger_read(self, shard: int, method: str, *args: Any) -> Any:
-        """A read that the primary answers, or the replica when the primary does not answer in time."""
+        """Call a read-only method on the shard's primary, or on its replica when the primary times out."""
         primary = getattr(self.ledgers[shard], method).remote(*args)
         try:
             return await asyncio.wait_for(self._result(primary), timeout=READ_FAILOVER_S)

@@ -1,9 +1,10 @@
 """Short-lived cache of `check` answers on one ingress replica.
 
 An entry is valid until the earlier of its time-to-live and the grant's `expires_at`, so a
-cached `true` never outlives a grant. Revokes, expiries, new grants and policy changes publish
-an invalidation that every replica applies; an answer fetched while an invalidation arrived
-is not stored (the generation check), because it may predate that invalidation.
+cached `true` never outlives a grant. Revokes, expiries, extensions and new grants publish an
+invalidation in the same Redis script as the transition, and every replica applies it. An
+answer fetched while an invalidation arrived is not stored (the generation check), because it
+may predate that invalidation.
 """
 
 from __future__ import annotations

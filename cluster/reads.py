@@ -107,8 +107,8 @@ class RedisReader:
             if principal is not None and record["principal"] != principal:
                 return False
             if reviewer is not None:
-                # NOTE: this lists pending requests the reviewer may not review for self-interest;
-                # policy eligibility is checked when the review is submitted.
+                # NOTE: this leaves out the reviewer's own requests but not those the policy
+                # bars them from reviewing; policy eligibility is checked when the review arrives.
                 if record["state"] != "pending" or reviewer in (record["principal"], record["submitter"]):
                     return False
                 if any(r["reviewer"] == reviewer for r in record.get("reviews", ())):

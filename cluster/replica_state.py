@@ -1,8 +1,8 @@
 """The `AccessService` of this Serve replica process.
 
-Serve pickles the ingress class by value; cloudpickle would copy a module-level dict along
-with it, so the replica's state is reached only through these functions, which are pickled
-by reference and so share one dict per process.
+Serve pickles the ingress class by value, and cloudpickle would copy a module-level dict along
+with it. The replica's state is therefore reached only through these functions: they are
+pickled by reference, so they share one dict per process.
 """
 
 from __future__ import annotations

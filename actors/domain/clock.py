@@ -1,4 +1,4 @@
-"""Injected clocks: all domain code asks a clock for the time, so tests move a fake one."""
+"""Injected clocks: all domain code reads the time from a clock object, so tests move a fake one."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that moves only when told to."""
+    """A clock that moves only when `advance` is called."""
 
     def __init__(self, start_ms: int = 1_780_000_000_000) -> None:
         self._now_ms = start_ms

@@ -1,6 +1,6 @@
 """GrantLedger actor: a thin async shell that persists plans, keeps the shard state and runs expiry.
 
-Writes to Redis are serialized per shard (the audit chain is linear); a plan is applied to the
+Writes to Redis are serialized per shard because the audit chain is linear. A plan changes the
 in-memory state only after Redis accepted it, so an acknowledged transition is always durable.
 """
 
@@ -42,13 +42,16 @@ FOLLOW_BATCH = 500
 
 
 class StaleState(Exception):
-    """Redis holds a newer chain head than this actor: reload the shard and plan again."""
+    """Redis has a newer audit chain head than this actor, so the shard is reloaded and planned again."""
 
 
 class GrantLedger:
     def __init__(self, shard: int, config: dict[str, Any], clock: Clock | None = None, *, role: str = "primary") -> None:
-        """`role` "primary" takes all writes; "replica" follows the shard's audit stream, answers
-        `check`, and ends grants only when the primary missed a deadline by `REPLICA_GRACE_MS`."""
+        """Create a ledger actor of one shard.
+
+        The "primary" role takes all writes. A "replica" follows the shard's audit stream, serves
+        `check`, and ends a grant only when the primary missed its deadline by `REPLICA_GRACE_MS`.
+        """
         if role not in ("primary", "replica"):
             raise ValueError(f"role must be 'primary' or 'replica', got {role!r}")
         self.role = role
@@ -171,8 +174,8 @@ class GrantLedger:
     async def _persist_many(self, plans: list[Plan]) -> list[str | None | Exception]:
         """Commit plans in one pipeline; per plan None (done), the existing idempotency record, or an error.
 
-        A plan rejected by its version or idempotency check makes the plans after it fail their
-        head check only because the head did not move; those are sent again on the new head.
+        When a version or idempotency check rejects a plan, the head does not move, so the plans
+        after it fail their head check. Those plans are sent again on the current head.
         """
         results: list[str | None | Exception] = [None] * len(plans)
         waiting = list(range(len(plans)))
@@ -201,8 +204,8 @@ class GrantLedger:
                     elif outcome.reason == "head" and rejected:
                         retry.append(i)
                     elif outcome.reason == "head" and head_retries < MAX_HEAD_RETRIES:
-                        # Another actor of this shard (the replica, or a former primary) wrote
-                        # since our last commit: adopt its head; the version checks still guard
+                        # Another actor of this shard (the replica or a former primary) wrote since
+                        # our last commit. Adopt its head, because the version checks still guard
                         # every record.
                         head_retries += 1
                         self.head = outcome.detail

@@ -36,7 +36,7 @@ def plan_new_grant(
 
 
 def plan_end(grant: GrantRecord, trigger: str, *, shard: int, now_ms: int, actor: str, key_id: str, reason: str) -> tuple[Plan, GrantRecord]:
-    """Plan `deadline` or `revoke`: the grant moves to revoking and `check` stops answering true at once."""
+    """Plan `deadline` or `revoke`: the grant moves to revoking, and from then on `check` returns false."""
     plan = Plan()
     moved, entry = transition_grant(
         grant, trigger, now_ms=now_ms, actor=actor, key_id=key_id, message=reason, end_reason=reason

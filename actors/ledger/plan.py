@@ -1,6 +1,6 @@
 """A plan: everything one ledger transition writes, applied to Redis as one atomic script call.
 
-Building a plan is pure; `redis_store.LedgerStore.commit` turns it into one Lua call and the
+Building a plan is pure. `redis_store.LedgerStore.commit` turns it into one Lua call, and the
 ledger applies it to its in-memory state only after Redis accepted it.
 """
 

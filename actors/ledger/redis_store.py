@@ -23,7 +23,7 @@ from jitgate.errors import Unavailable
 logger = logging.getLogger("jitgate.ledger")
 
 # The version compare-and-set prevents two writers (two concurrent approvals, or a primary
-# and a stale former primary after failover) from both resolving the same record; the chain
+# and a stale former primary after failover) from both resolving the same record. The chain
 # head compare-and-set keeps the audit chain linear when more than one writer is alive.
 # NOTE: the script names keys it did not receive in KEYS, so it runs on a single Redis or
 # Sentinel primary, not on Redis Cluster.

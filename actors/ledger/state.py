@@ -77,7 +77,7 @@ class ShardState:
         heapq.heappush(self._expiry_heap, (grant.expires_ms, grant.id))
 
     def active_grant(self, entitlement: Entitlement, now_ms: int) -> GrantRecord | None:
-        """The active grant on an entitlement that expires last, if its deadline has not passed."""
+        """Return the active grant on an entitlement that expires last, or None once every deadline passed."""
         best: GrantRecord | None = None
         for grant_id in self.entitlements.get(entitlement, ()):
             grant = self.grants[grant_id]

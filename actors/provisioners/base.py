@@ -4,7 +4,7 @@ from typing import Protocol
 
 
 class ProvisionerError(Exception):
-    """The target system rejected or did not answer an apply or remove; the caller retries."""
+    """The target system rejected an apply or remove, or timed out; the caller retries."""
 
 
 class Provisioner(Protocol):
