@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Header, Query, Request
+from fastapi import Body, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -270,6 +270,16 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
     @api.post("/v1/decisions:batch")
     async def decisions_batch(body: DecisionBatchBody, authorization: Auth = None) -> Any:
         return await service().decide_many(caller(authorization), body)
+
+    @api.post("/v1/events/{source}", status_code=201, response_model=RequestResult)
+    async def event(
+        source: Annotated[str, Path(max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")], request: Request,
+        timestamp: Annotated[str | None, Header(alias="X-Jitgate-Timestamp")] = None,
+        signature: Annotated[str | None, Header(alias="X-Jitgate-Signature")] = None,
+    ) -> Any:
+        body = await request.body()
+        result, replayed = await service().submit_event(source, timestamp=timestamp, signature=signature, body=body)
+        return JSONResponse(result, status_code=200 if replayed else 201)
 
     @api.get("/v1/audit")
     async def audit(

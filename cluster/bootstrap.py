@@ -51,7 +51,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cluster import processes
-from cluster.credentials import ensure_local_keys
+from cluster.catalogs import read_yaml
+from cluster.credentials import ensure_event_secrets, ensure_local_keys
 from cluster.processes import ProcessRecord, StartupError
 from cluster.redis_server import RedisPaths, attach_local_redis, ping, start_local_redis
 from cluster.settings import Settings
@@ -359,6 +360,37 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# ---------------------------------------------------------------- ingress mode
+
+
+def ingress_env(settings: Settings, paths: StatePaths) -> dict[str, str]:
+    """Return the RAY_SERVE_* variables that select `settings.ingress` in the Serve controller and replicas.
+
+    Serve reads them at import time in every Ray worker, so they go into the environment of
+    `ray start`, which its workers inherit.
+    """
+    if settings.ingress == "proxy":
+        return {}
+    env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+    if settings.ingress == "haproxy":
+        haproxy_dir = paths.root / "haproxy"
+        haproxy_dir.mkdir(mode=0o700, exist_ok=True)
+        stats_port, metrics_port = _free_tcp_ports(2)
+        env |= {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            # The defaults live in /tmp/haproxy-serve and would be shared by every cluster on the host.
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy_dir / "metrics.sock"),
+            # NOTE: Ray 2.60 binds these two on all interfaces (`bind *:port`); no setting narrows them.
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        }
+    return env
+
+
 # ---------------------------------------------------------------- Redis
 
 
@@ -456,6 +488,7 @@ def _start_ray_head(settings: Settings, paths: StatePaths, out: Output) -> tuple
             # A single-node head has nowhere to move replicas, so draining on SIGTERM only
             # delays `down` (by up to 30 s in Ray 2.60).
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            **ingress_env(settings, paths),
         }
     )
     env.pop("RAY_ADDRESS", None)
@@ -699,6 +732,8 @@ def up(settings: Settings, *, out: Output = print) -> UpResult:
     record.docs_url = f"{record.api_url}/docs"
     # The app reads the key hashes, and the CLI and the replay tool read the raw keys.
     credentials_file = ensure_local_keys(paths.root, settings.resolved_api_keys_file, record.api_url)
+    sources = read_yaml(settings.configs_dir / "event-sources.yaml").get("sources", {})
+    ensure_event_secrets(settings.event_secrets_file, sorted(sources))
     out(f"API keys of the local profiles: {credentials_file}")
     app_args = settings.model_copy(
         update={

@@ -21,6 +21,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def load_event_sources(settings: Settings):
+    from cluster.events import load_sources
+
+    return load_sources(read_yaml(settings.configs_dir / "event-sources.yaml"), read_yaml(settings.event_secrets_file))
+
+
 def load_catalogs(settings: Settings) -> tuple[PrincipalDirectory, ResourceCatalog, ApiKeyRing]:
     directory = PrincipalDirectory.from_config(read_yaml(settings.configs_dir / "principals.yaml"))
     catalog = ResourceCatalog.from_config(read_yaml(settings.configs_dir / "resources.yaml"))

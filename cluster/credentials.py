@@ -30,6 +30,17 @@ def _write_private(path: Path, data: dict) -> None:
         yaml.safe_dump(data, handle, sort_keys=False)
 
 
+def ensure_event_secrets(secrets_file: Path, source_names: list[str]) -> None:
+    """Create a webhook secret for each event source that has none yet."""
+    secrets = yaml.safe_load(secrets_file.read_text()) if secrets_file.exists() else {}
+    secrets = secrets or {}
+    missing = [name for name in source_names if not secrets.get(name)]
+    if missing or not secrets_file.exists():
+        for name in missing:
+            secrets[name] = generate_api_key().removeprefix("jg_")
+        _write_private(secrets_file, secrets)
+
+
 def ensure_local_keys(state_dir: Path, api_keys_file: Path, api_url: str) -> Path:
     """Create the local profiles' keys unless they exist; returns the credentials file."""
     credentials_file = state_dir / "credentials.yaml"

@@ -13,7 +13,7 @@ from ray import serve
 
 from cluster.app import create_app
 from cluster.backends import RayBackends
-from cluster.catalogs import load_catalogs
+from cluster.catalogs import load_catalogs, load_event_sources
 from cluster.replica_state import current_replica_id, current_service, set_replica
 from cluster.service import AccessService
 from cluster.settings import Settings
@@ -36,7 +36,10 @@ class Ingress:
         self.settings = Settings(**settings)
         directory, catalog, keyring = load_catalogs(self.settings)
         backends = RayBackends(self.settings)
-        self.service = AccessService(self.settings, backends, directory=directory, catalog=catalog, keyring=keyring)
+        self.service = AccessService(
+            self.settings, backends, directory=directory, catalog=catalog, keyring=keyring,
+            event_sources=load_event_sources(self.settings),
+        )
         set_replica(self.service, serve.get_replica_context().replica_id.unique_id)
         asyncio.get_event_loop().create_task(self.service.start())
 

@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from actors.domain.audit import canonical_json
 from actors.domain.clock import Clock, SystemClock, hour_utc
@@ -27,6 +28,7 @@ from cluster.backends import policy_shard_of
 from cluster.batching import AdaptiveBatcher
 from cluster.check_cache import CheckCache
 from cluster.decisions import DecisionItem, decide_batch
+from cluster.events import EventSource, map_event, verify
 from cluster.reads import RedisReader
 from cluster.settings import Settings
 from cluster.views import grant_view, request_view, result_view
@@ -49,7 +51,7 @@ ALL_ENTITLEMENTS = "*"
 class AccessService:
     def __init__(
         self, settings: Settings, backends: Any, *, directory: PrincipalDirectory, catalog: ResourceCatalog,
-        keyring: ApiKeyRing, clock: Clock | None = None,
+        keyring: ApiKeyRing, clock: Clock | None = None, event_sources: dict[str, EventSource] | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
@@ -60,6 +62,7 @@ class AccessService:
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.reader = RedisReader(self.redis, ledger_shards=settings.ledger_shards)
         self.cache = CheckCache(settings.check_cache_ttl_ms)
+        self.event_sources = event_sources or {}
         self._decisions = AdaptiveBatcher(self._decide_items, max_batch=1024, max_in_flight=2)
         self._submitters = [
             AdaptiveBatcher(self._submit_batch_to(shard), max_batch=512, max_in_flight=2)
@@ -199,6 +202,30 @@ class AccessService:
             return await self.backends.ledger(shard, "submit_many", submissions)
 
         return submit_batch
+
+    async def submit_event(self, source_name: str, *, timestamp: str | None, signature: str | None,
+                           body: bytes) -> tuple[dict[str, Any], bool]:
+        """Verify a signed webhook and submit the access request it describes, as `source:<name>`."""
+        source = verify(self.event_sources.get(source_name), source_name, timestamp=timestamp, signature=signature,
+                        body=body, now_s=self.clock.now_ms() / 1000)
+        try:
+            payload = json.loads(body)
+        except ValueError as error:
+            raise InvalidInput(f"event body is not valid JSON: {error}", field="body") from None
+        fields = map_event(source, payload)
+        delivery_id = str(fields.pop("delivery_id", "")) or hashlib.sha256(body).hexdigest()
+        ticket = fields.pop("ticket", None)
+        try:
+            request = AccessRequestCreate(
+                **fields, context={"source": source_name, "ticket": str(ticket)[:128] if ticket is not None else None}
+            )
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise InvalidInput(f"event field {field}: {first['msg']} (got {first.get('input')!r:.100})", field=field) from None
+        caller = ApiKey(key_id=f"source:{source_name}", principal=f"source:{source_name}",
+                        scopes=frozenset({"request", "submit_for_others"}), sha256="")
+        return await self.submit(caller, request, f"event-{delivery_id}"[:128])
 
     @staticmethod
     def _replay(stored: dict[str, Any], idempotency_key: str, body_sha256: str) -> dict[str, Any]:
@@ -389,6 +416,3 @@ class AccessService:
         events, cursor = await self.reader.audit(shard=shard, after=after, limit=limit)
         return {"items": events, "next": cursor}
 
-
-def parse_json(data: bytes) -> Any:
-    return json.loads(data)

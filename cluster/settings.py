@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+IngressMode = Literal["proxy", "direct", "haproxy"]
+
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -47,6 +49,16 @@ class Settings(BaseSettings):
         default=512 * 1024 * 1024, ge=78_643_200, description="Object store size of the local Ray head."
     )
     ingress_replicas: int = Field(default=2, ge=1, description="Serve ingress replicas.")
+    ingress: IngressMode = Field(
+        default="proxy",
+        description=(
+            "How HTTP reaches the ingress replicas. 'proxy': the Serve HTTP proxy on http_port. "
+            "'direct': Ray Serve direct ingress, each replica serves HTTP on its own port from "
+            "30000-31000 on http_host, and the Serve proxy stays on http_port. 'haproxy': HAProxy on "
+            "http_port in front of the direct-ingress replica ports; its stats and Prometheus ports "
+            "listen on all interfaces (Ray 2.60)."
+        ),
+    )
     ledger_shards: int = Field(default=2, ge=1, le=256, description="GrantLedger shards (by principal).")
     policy_shards: int = Field(default=2, ge=1, le=256, description="PolicyActor shards (by resource).")
     risk_scorers: int = Field(default=1, ge=1, le=64, description="RiskScorer actors.")
@@ -72,6 +84,10 @@ class Settings(BaseSettings):
     @property
     def resolved_api_keys_file(self) -> Path:
         return self.api_keys_file or self.state_dir / "api-keys.yaml"
+
+    @property
+    def event_secrets_file(self) -> Path:
+        return self.state_dir / "event-secrets.yaml"
 
     @property
     def policy_dir(self) -> Path:

@@ -273,3 +273,37 @@ def test_openapi_page(cluster):
     spec = httpx.get(f"{cluster.api_url}/openapi.json").json()
     assert "/v1/requests" in spec["paths"]
     assert httpx.get(f"{cluster.api_url}/docs").status_code == 200
+
+
+def test_signed_event_creates_request(cluster):
+    import json
+    import time
+
+    import httpx
+    import yaml
+
+    from cluster.events import sign
+
+    secret = yaml.safe_load((cluster.settings.event_secrets_file).read_text())["ci"].encode()
+    body = json.dumps({
+        "pipeline": {"service_account": "deploy-bot"}, "deployment": {"target": new_resource()},
+        "job": {"timeout_s": 900, "url": "https://ci.example.com/jobs/7"}, "change": {"id": "CHG-7"},
+        "delivery": {"id": uuid.uuid4().hex},
+    }).encode()
+    timestamp = str(int(time.time()))
+    headers = {"X-Jitgate-Timestamp": timestamp, "X-Jitgate-Signature": sign(secret, timestamp, body),
+               "Content-Type": "application/json"}
+    created = httpx.post(f"{cluster.api_url}/v1/events/ci", content=body, headers=headers)
+    assert created.status_code == 201, created.text
+    request = created.json()["request"]
+    assert request["principal"] == "deploy-bot"
+    assert request["submitter"] == "source:ci"
+    assert request["context"]["ticket"] == "CHG-7"
+    again = httpx.post(f"{cluster.api_url}/v1/events/ci", content=body, headers=headers)
+    assert again.status_code == 200
+    assert again.json()["request"]["id"] == request["id"]
+
+    forged = httpx.post(f"{cluster.api_url}/v1/events/ci", content=body.replace(b"deploy-bot", b"mallory"), headers=headers)
+    assert forged.status_code == 401, forged.text
+    unknown = httpx.post(f"{cluster.api_url}/v1/events/nope", content=body, headers=headers)
+    assert unknown.status_code == 404
