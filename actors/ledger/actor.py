@@ -66,7 +66,13 @@ class GrantLedger:
         self.head: str | None = None
         self.target_redis_url = config.get("target_redis_url")
         self.provisioners: dict[str, Provisioner] = {"record": RecordProvisioner()}
-        self.counters = {"revoke_retries_total": 0, "grants_expired_total": 0, "grants_revoked_total": 0, "commits_total": 0}
+        self.counters = {
+            "apply_retries_total": 0,
+            "revoke_retries_total": 0,
+            "grants_expired_total": 0,
+            "grants_revoked_total": 0,
+            "commits_total": 0,
+        }
         self._write_lock = asyncio.Lock()
         self._principal_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._entitlement_locks: weakref.WeakValueDictionary[tuple, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -468,19 +474,33 @@ class GrantLedger:
     # ---- provisioning and expiry ----------------------------------------------------------
 
     async def _apply_access(self, grant: GrantRecord) -> None:
+        """Apply the access once; when the target rejects it, keep retrying in the background."""
+        if not await self._try_apply(grant):
+            self._spawn(self._retry_apply(grant))
+
+    async def _try_apply(self, grant: GrantRecord) -> bool:
+        """Apply the access of a live grant; returns False when the target rejected it."""
         provisioner = self.provisioners.get(grant.provisioner)
         if provisioner is None:
             logger.error("grant %s names unknown provisioner %s; no access was applied", grant.id, grant.provisioner)
-            return
+            return True
         async with self._lock_for(self._entitlement_locks, grant.entitlement):
             live = self.state.grants.get(grant.id)
             if live is None or live.state is not GrantState.ACTIVE:
-                return
+                return True
             try:
                 await provisioner.apply(*grant.entitlement)
             except ProvisionerError as error:
-                # NOTE: the grant stays active without access; a restart of the shard applies it again.
-                logger.error("applying grant %s failed: %s", grant.id, error)
+                self.counters["apply_retries_total"] += 1
+                logger.warning("applying grant %s failed (%s); retrying in the background", grant.id, error)
+                return False
+        return True
+
+    async def _retry_apply(self, grant: GrantRecord) -> None:
+        backoff_s = REMOVE_BACKOFF_START_S
+        while not await self._try_apply(grant):
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, REMOVE_BACKOFF_MAX_S)
 
     def _start_removal(self, grant: GrantRecord) -> None:
         if grant.id not in self._removals:
