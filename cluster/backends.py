@@ -19,6 +19,9 @@ from jitgate.errors import JitError, Unavailable
 logger = logging.getLogger("jitgate.cluster")
 
 ACTOR_CALL_TIMEOUT_S = 10.0
+# A placement group bundle must reserve some resource. Memory keeps the ledger actors out of the
+# CPU accounting, where the Serve replicas already hold every CPU of a small head.
+LEDGER_BUNDLE = {"memory": 16 * 1024 * 1024}
 # A check waits this long for the shard's primary before the replica is asked instead.
 READ_FAILOVER_S = 0.25
 
@@ -40,6 +43,7 @@ def ledger_config(settings: Settings) -> dict[str, Any]:
 class RayBackends:
     def __init__(self, settings: Settings) -> None:
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from actors.ledger.actor import GrantLedger
         from actors.policy.actor import PolicyActor
@@ -55,18 +59,19 @@ class RayBackends:
             "num_cpus": 0,
             "namespace": settings.namespace,
         }
-        # SPREAD places a shard's primary and replica on different nodes when there are several.
-        spread = {**common, "scheduling_strategy": "SPREAD"}
-        self.ledgers = [
-            ray.remote(GrantLedger).options(name=f"jitgate-ledger-{i}", **spread).remote(i, ledger_config(settings))
-            for i in range(settings.ledger_shards)
-        ]
-        self.replicas = [
-            ray.remote(GrantLedger)
-            .options(name=f"jitgate-ledger-{i}-replica", **spread)
-            .remote(i, ledger_config(settings), role="replica")
-            for i in range(settings.ledger_shards)
-        ]
+        self.ledgers = []
+        self.replicas = []
+        for shard in range(settings.ledger_shards):
+            group = self._shard_placement_group(shard)
+            for bundle, (name, role, handles) in enumerate(
+                ((f"jitgate-ledger-{shard}", "primary", self.ledgers), (f"jitgate-ledger-{shard}-replica", "replica", self.replicas))
+            ):
+                placement = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=bundle)
+                handles.append(
+                    ray.remote(GrantLedger)
+                    .options(name=name, **common, memory=LEDGER_BUNDLE["memory"], scheduling_strategy=placement)
+                    .remote(shard, ledger_config(settings), role=role)
+                )
         self.policies = [
             ray.remote(PolicyActor)
             .options(name=f"jitgate-policy-{i}", **common)
@@ -78,6 +83,27 @@ class RayBackends:
             for i in range(settings.risk_scorers)
         ]
         self._next_scorer = itertools.cycle(range(len(self.scorers)))
+
+    def _shard_placement_group(self, shard: int) -> Any:
+        """The detached placement group of a shard: one bundle for the primary, one for the replica.
+
+        Its SPREAD strategy puts the two bundles on different nodes when there are several, and
+        Ray reschedules a bundle whose node died, so a restarted actor lands apart again.
+        """
+        from ray.util import get_placement_group, placement_group
+
+        name = f"jitgate-ledger-{shard}-placement"
+        try:
+            return get_placement_group(name)
+        except ValueError:
+            pass
+        try:
+            return placement_group(
+                [dict(LEDGER_BUNDLE), dict(LEDGER_BUNDLE)], strategy="SPREAD", name=name, lifetime="detached"
+            )
+        except ValueError:
+            # Another ingress replica created it first.
+            return get_placement_group(name)
 
     async def _result(self, ref: Any) -> Any:
         """Await an actor call, raising the actor's own `JitError` instead of Ray's wrapper."""

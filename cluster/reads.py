@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 from typing import Any
 
@@ -132,8 +134,10 @@ class RedisReader:
         """Audit events of one shard, or of all shards merged by time; the cursor keeps a position per shard."""
         shards = [shard] if shard is not None else list(range(self.ledger_shards))
         positions = self._audit_positions(after)
-        events: list[dict[str, Any]] = []
+        per_shard: list[list[dict[str, Any]]] = []
         for s in shards:
+            events: list[dict[str, Any]] = []
+            per_shard.append(events)
             start = positions.get(s, "-")
             start = "-" if start == "-" else f"({start}"
             entries = await self._call(self.client.xrange(shard_key(s, "audit"), min=start, max="+", count=limit))
@@ -155,8 +159,9 @@ class RedisReader:
                     "hash": fields[b"h"].decode(),
                     "prev_hash": fields[b"p"].decode(),
                 })
-        events.sort(key=lambda e: (e["at"], e["id"]))
-        events = events[:limit]
+        # Merging keeps each shard's stream order, which the per-shard cursor relies on; event
+        # times can be out of stream order by a few milliseconds.
+        events = list(itertools.islice(heapq.merge(*per_shard, key=lambda e: e["at"]), limit))
         for event in events:
             positions[event["shard"]] = event["id"].split(":", 1)[1]
         cursor = ",".join(f"{s}:{p}" for s, p in sorted(positions.items())) if events else after

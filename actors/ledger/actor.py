@@ -37,7 +37,7 @@ MAX_HEAD_RETRIES = 3
 
 
 # A replica ends a grant only when the primary has not done so this long after the deadline.
-REPLICA_GRACE_MS = 300
+REPLICA_GRACE_MS = 150
 FOLLOW_BATCH = 500
 
 
@@ -502,16 +502,17 @@ class GrantLedger:
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, REMOVE_BACKOFF_MAX_S)
 
-    def _start_removal(self, grant: GrantRecord) -> None:
+    def _start_removal(self, grant: GrantRecord, *, took_over: bool = False) -> None:
+        """Start removing access; `took_over` means this replica already waited out the primary."""
         if grant.id not in self._removals:
             self._removals.add(grant.id)
-            self._spawn(self._finish_removal(grant.id))
+            self._spawn(self._finish_removal(grant.id, took_over))
 
-    async def _finish_removal(self, grant_id: str) -> None:
+    async def _finish_removal(self, grant_id: str, took_over: bool = False) -> None:
         """Remove the access with backoff until the target accepts, then record expired or revoked."""
         backoff_s = REMOVE_BACKOFF_START_S
         try:
-            if self.role == "replica" and not await self._take_over_if_missed(grant_id, GrantState.REVOKING):
+            if self.role == "replica" and not took_over and not await self._take_over_if_missed(grant_id, GrantState.REVOKING):
                 return
             while True:
                 grant = self.state.grants.get(grant_id)
@@ -573,7 +574,7 @@ class GrantLedger:
             await asyncio.sleep(0.1)
             self._retry_expiry(grant)
             return
-        self._start_removal(moved)
+        self._start_removal(moved, took_over=self.role == "replica")
 
     def _retry_expiry(self, grant: GrantRecord) -> None:
         live = self.state.grants.get(grant.id)
