@@ -18,7 +18,7 @@ from jitgate.errors import JitError, Unavailable
 
 logger = logging.getLogger("jitgate.cluster")
 
-ACTOR_CALL_TIMEOUT_S = 10.0
+ACTOR_CALL_TIMEOUT_S = 30.0
 # A placement group bundle must reserve some resource. Memory keeps the ledger actors out of the
 # CPU accounting, where the Serve replicas already hold every CPU of a small head.
 LEDGER_BUNDLE = {"memory": 16 * 1024 * 1024}
@@ -112,12 +112,19 @@ class RayBackends:
         except self._ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, JitError):
                 raise error.cause from None
+            if isinstance(error.cause, self._ray.exceptions.TaskCancelledError):
+                raise error.cause from None
             raise
 
     async def _await(self, ref: Any, what: str) -> Any:
         try:
             return await asyncio.wait_for(self._result(ref), timeout=ACTOR_CALL_TIMEOUT_S)
-        except (asyncio.TimeoutError, self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError) as error:
+        except (
+            asyncio.TimeoutError,
+            self._ray.exceptions.RayActorError,
+            self._ray.exceptions.ActorUnavailableError,
+            self._ray.exceptions.TaskCancelledError,
+        ) as error:
             logger.warning("%s failed: %s", what, error)
             raise Unavailable(f"{what} is unavailable ({type(error).__name__}); retry shortly", retry_after_s=1) from error
 

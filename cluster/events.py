@@ -49,8 +49,8 @@ def verify(source: EventSource | None, name: str, *, timestamp: str | None, sign
         raise NotFound(f"event source {name!r} is not configured or has no secret", source=name)
     if not timestamp or not signature:
         raise Unauthenticated("missing X-Jitgate-Timestamp or X-Jitgate-Signature header")
-    if not timestamp.isdigit():
-        raise Unauthenticated(f"X-Jitgate-Timestamp must be Unix seconds, got {timestamp[:40]!r}")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise Unauthenticated(f"X-Jitgate-Timestamp must be Unix seconds (at most 12 ASCII digits), got {timestamp[:40]!r}")
     age_s = abs(now_s - int(timestamp))
     if age_s > source.max_age_s:
         raise Unauthenticated(f"event timestamp is {age_s:.0f} s from now; the limit is {source.max_age_s} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import re
 import itertools
 import json
 from typing import Any
@@ -25,6 +26,8 @@ from actors.ledger.redis_store import unavailable
 from jitgate.errors import InvalidInput
 
 TERMINAL_GRANT_STATES = ("expired", "revoked")
+# A Redis stream id: milliseconds and a sequence number, each at most 19 ASCII digits.
+STREAM_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
 
 
 class RedisReader:
@@ -71,7 +74,7 @@ class RedisReader:
     def _offset(after: str | None) -> int:
         if after is None:
             return 0
-        if not after.isdigit() or len(after) > 12:
+        if not (after.isascii() and after.isdigit()) or len(after) > 12:
             raise InvalidInput(f"after must be a cursor returned as 'next', got {after!r}", field="after", value=after)
         return int(after)
 
@@ -178,7 +181,7 @@ class RedisReader:
             return positions
         for part in after.split(","):
             shard, _, position = part.partition(":")
-            if not shard.isdigit() or not position.replace("-", "").isdigit():
+            if not (shard.isascii() and shard.isdigit() and len(shard) <= 3) or not STREAM_ID.match(position):
                 raise InvalidInput(f"after must be a cursor returned as 'next', got {after!r}", field="after", value=after)
             positions[int(shard)] = position
         return positions

@@ -24,6 +24,7 @@ from actors.domain.ids import new_request_id
 from actors.ledger import ledger_shard
 from actors.ledger.plan import INVALIDATION_CHANNEL
 from actors.ledger.redis_store import unavailable
+from actors.provisioners.redis_acl import RedisAclProvisioner, key_prefix
 from cluster.backends import policy_shard_of
 from cluster.batching import AdaptiveBatcher
 from cluster.check_cache import CheckCache
@@ -137,7 +138,13 @@ class AccessService:
     # ---- decisions ----------------------------------------------------------------------
 
     def _decision_item(self, principal: str, attributes: dict[str, Any], resource: str, role: str, duration_s: int,
-                       context: dict[str, Any], now_ms: int) -> DecisionItem:
+                       context: dict[str, Any], now_ms: int, *, field: str = "resource") -> DecisionItem:
+        entry = self.catalog.lookup(resource)
+        if entry.provisioner == RedisAclProvisioner.name:
+            try:
+                key_prefix(resource)
+            except ValueError as error:
+                raise InvalidInput(str(error), field=field, value=resource[:200]) from None
         return DecisionItem(
             principal=principal, principal_attributes=attributes, resource=resource,
             resource_entry=self.catalog.lookup(resource), role=role, duration_s=duration_s,
@@ -328,7 +335,7 @@ class AccessService:
         now_ms = self.clock.now_ms()
         item = self._decision_item(
             grant["principal"], self.directory.attributes(grant["principal"]), grant["resource"], grant["role"],
-            body.duration_s, {"source": "extend"}, now_ms,
+            body.duration_s, {**body.context.model_dump(mode="json"), "source": "extend"}, now_ms,
         )
         decision = await self._decisions.submit(item)
         if decision["effect"] != "allow":
@@ -400,10 +407,13 @@ class AccessService:
         for index, entry in enumerate(body.requests):
             validate_requested_duration(entry.duration_s, self.settings.max_duration_s, field=f"requests[{index}].duration_s")
             principal = self.canonical(entry.principal)
+            if principal != self.canonical(caller.principal) or entry.principal_attributes:
+                self.require_scope(caller, "submit_for_others")
             attributes = dict(entry.principal_attributes or {})
             attributes.update(self.directory.attributes(principal))
             items.append(self._decision_item(principal, attributes, entry.resource, entry.role, entry.duration_s,
-                                             entry.context.model_dump(mode="json"), now_ms))
+                                             entry.context.model_dump(mode="json"), now_ms,
+                                             field=f"requests[{index}].resource"))
         return {"decisions": await decide_batch(self.backends, items, self.settings.policy_shards)}
 
     async def shard_stats(self) -> list[dict[str, Any]]:

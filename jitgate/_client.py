@@ -475,8 +475,14 @@ class Client:
         body = _build_model(RevokeBody, reason=reason)
         return self._run(_op_post(f"/v1/grants/{_path_id(grant_id)}/revoke", body, Grant))
 
-    def extend(self, grant_id: str, duration_s: int, reason: str) -> Grant:
-        body = _build_model(ExtendBody, duration_s=duration_s, reason=reason)
+    def extend(
+        self, grant_id: str, duration_s: int, reason: str, *, context: RequestContext | dict[str, Any] | None = None
+    ) -> Grant:
+        """Extend a grant to `duration_s` from now; decided again by risk and policy with `context`."""
+        fields: dict[str, Any] = {"duration_s": duration_s, "reason": reason}
+        if context is not None:
+            fields["context"] = context
+        body = _build_model(ExtendBody, **fields)
         return self._run(_op_post(f"/v1/grants/{_path_id(grant_id)}/extend", body, Grant))
 
     def credentials(self, grant_id: str) -> Credentials:
@@ -628,8 +634,14 @@ class AsyncClient:
         body = _build_model(RevokeBody, reason=reason)
         return await self._run(_op_post(f"/v1/grants/{_path_id(grant_id)}/revoke", body, Grant))
 
-    async def extend(self, grant_id: str, duration_s: int, reason: str) -> Grant:
-        body = _build_model(ExtendBody, duration_s=duration_s, reason=reason)
+    async def extend(
+        self, grant_id: str, duration_s: int, reason: str, *, context: RequestContext | dict[str, Any] | None = None
+    ) -> Grant:
+        """Extend a grant to `duration_s` from now; decided again by risk and policy with `context`."""
+        fields: dict[str, Any] = {"duration_s": duration_s, "reason": reason}
+        if context is not None:
+            fields["context"] = context
+        body = _build_model(ExtendBody, **fields)
         return await self._run(_op_post(f"/v1/grants/{_path_id(grant_id)}/extend", body, Grant))
 
     async def credentials(self, grant_id: str) -> Credentials:

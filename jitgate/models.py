@@ -14,11 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 MAX_ITEMS_PER_BATCH = 100_000
 MAX_DECISIONS_PER_BATCH = 10_000
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
-ResourceName = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f\s]+$")]
+# Control characters, and the invisible or bidirectional format characters that make a name
+# display as another one (zero-width spaces, direction overrides, byte order mark).
+_INVISIBLE = "\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=f"^[^{_INVISIBLE}]+$")]
+ResourceName = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=f"^[^{_INVISIBLE}\\s]+$")]
 RoleName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
-AttributeValue = Annotated[str, StringConstraints(max_length=256)]
+# Free text may contain tabs and line breaks, but no other control characters (terminal escapes).
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$")]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+AttributeValue = Annotated[str, StringConstraints(max_length=256, pattern=f"^[^{_INVISIBLE}]*$")]
 
 
 class RequestState(str, Enum):
@@ -68,9 +73,7 @@ class AccessRequestCreate(_Strict):
     """Body of `POST /v1/requests`."""
 
     principal: Identifier | None = Field(default=None, description="Who gets the access; defaults to the caller.")
-    principal_attributes: dict[
-        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")], AttributeValue
-    ] | None = Field(
+    principal_attributes: dict[AttributeName, AttributeValue] | None = Field(
         default=None,
         max_length=32,
         description="Attributes of a principal unknown to the directory; needs the submit_for_others scope.",
@@ -101,6 +104,7 @@ class RevokeBody(_Strict):
 class ExtendBody(_Strict):
     duration_s: StrictInt = Field(gt=0, description="New remaining duration from now.")
     reason: Reason
+    context: RequestContext = Field(default_factory=RequestContext)
 
 
 class CheckBody(_Strict):
@@ -119,7 +123,7 @@ class CheckBatchBody(_Strict):
 
 class DecisionInput(_Strict):
     principal: Identifier
-    principal_attributes: dict[str, AttributeValue] | None = Field(default=None, max_length=32)
+    principal_attributes: dict[AttributeName, AttributeValue] | None = Field(default=None, max_length=32)
     resource: ResourceName
     role: RoleName
     duration_s: StrictInt = Field(gt=0)

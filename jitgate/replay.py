@@ -47,7 +47,7 @@ import httpx
 
 from jitgate._client import AsyncClient
 from jitgate._config import Connection
-from jitgate.errors import Conflict, InvalidInput, JitError
+from jitgate.errors import Conflict, InvalidInput, JitError, Unavailable
 from jitgate.models import DevicePosture, Effect, RequestContext
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,10 @@ SOURCE = "replay"
 DEFAULT_SEED = 7
 DEFAULT_CONCURRENCY = 32
 DEFAULT_SYNTHETIC_LIMIT = 5000
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 60.0
+# A request that gets a 503 or no response is sent up to this many times in all.
+MAX_ATTEMPTS = 5
+RETRY_MAX_WAIT_S = 5.0
 EXIT_INTERRUPTED = 130
 # Stop submitting after this many transport failures in a row: the server is gone.
 MAX_CONSECUTIVE_TRANSPORT_ERRORS = 100
@@ -270,6 +273,7 @@ class Summary:
     submitted: int = 0
     effects: Counter[str] = field(default_factory=Counter)
     already_active: int = 0
+    retries: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -302,6 +306,7 @@ class Summary:
             "deny": self.effects[Effect.DENY.value],
             "review": self.effects[Effect.REVIEW.value],
             "already_active": self.already_active,
+            "retries": self.retries,
             "errors": self.failed,
             "errors_by_kind": dict(sorted(self.errors.items())),
             "elapsed_s": round(self.elapsed_s, 3),
@@ -321,6 +326,7 @@ class Summary:
             f"  deny            {data['deny']}{_share(data['deny'], data['completed'])}",
             f"  review          {data['review']}{_share(data['review'], data['completed'])}",
             f"  already_active  {data['already_active']}",
+            f"  retries         {data['retries']} (503 or no response, sent again with the same idempotency key)",
             f"  errors          {data['errors']}",
             f"  throughput      {data['throughput_per_s']:.1f} requests/s over {self.elapsed_s:.1f} s",
             f"  latency         p50 {_format_ms(data['latency_p50_ms'])}, p99 {_format_ms(data['latency_p99_ms'])}",
@@ -437,21 +443,34 @@ async def replay(
     started_s = time.perf_counter()
     consecutive_transport_errors = 0
 
+    async def submit_with_retries(planned: Any) -> Any:
+        """Send one request; a 503 or a lost response is sent again with the same idempotency key,
+        which the server deduplicates, after the server's Retry-After or an exponential backoff."""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                return await client.request_access(
+                    planned.resource,
+                    planned.role,
+                    planned.duration_s,
+                    planned.reason,
+                    principal=planned.principal,
+                    principal_attributes=planned.principal_attributes,
+                    context=planned.context,
+                    idempotency_key=planned.idempotency_key,
+                )
+            except Unavailable as error:
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise
+                summary.retries += 1
+                await asyncio.sleep(min(RETRY_MAX_WAIT_S, max(error.retry_after_s or 0, 0.25 * 2**attempt)))
+        raise AssertionError("unreachable")
+
     async def submit(row: LogRow) -> None:
         nonlocal consecutive_transport_errors
         planned = plan_request(row, summary.seed)
         request_started_s = time.perf_counter()
         try:
-            result = await client.request_access(
-                planned.resource,
-                planned.role,
-                planned.duration_s,
-                planned.reason,
-                principal=planned.principal,
-                principal_attributes=planned.principal_attributes,
-                context=planned.context,
-                idempotency_key=planned.idempotency_key,
-            )
+            result = await submit_with_retries(planned)
         except Conflict as error:
             summary.latencies_ms.append(1000 * (time.perf_counter() - request_started_s))
             consecutive_transport_errors = 0

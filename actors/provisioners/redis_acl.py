@@ -17,17 +17,30 @@ from redis.exceptions import RedisError
 from actors.provisioners.base import ProvisionerError
 
 ROLE_RULES = {"read": ["+@read", "+ping", "+auth"], "write": ["+@read", "+@write", "+ping", "+auth"], "admin": ["+@all"]}
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
+# A prefix becomes part of an ACL key pattern, where `*`, `?`, `[`, `]` and `\` are glob syntax,
+# so only plain names are accepted: otherwise `redis://target/*` would grant every key.
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,127}$")
+_READABLE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def key_prefix(resource: str) -> str:
+    """Return the key prefix of `redis://<name>/<prefix>`; raises ValueError for a missing or glob prefix."""
     _, _, rest = resource.partition("://")
     _, _, prefix = rest.partition("/")
-    return prefix or "*"
+    if not PREFIX_PATTERN.match(prefix):
+        raise ValueError(
+            f"resource {resource!r} needs a key prefix of letters, digits, '_', '-', '.' or ':' "
+            "(at most 128 characters, no glob characters) after redis://<name>/"
+        )
+    return prefix
 
 
 def acl_username(principal: str, resource: str, role: str) -> str:
-    return "jit." + ".".join(_UNSAFE.sub("_", part) for part in (principal, key_prefix(resource), role))
+    """Return the ACL user of an entitlement: readable parts plus a digest, so that no two collide."""
+    prefix = key_prefix(resource)
+    digest = hashlib.sha256("\x1f".join((principal, prefix, role)).encode()).hexdigest()[:16]
+    readable = "-".join(_READABLE.sub("_", part)[:24] for part in (principal, prefix, role))
+    return f"jit.{readable}.{digest}"
 
 
 class RedisAclProvisioner:
@@ -44,9 +57,11 @@ class RedisAclProvisioner:
     async def apply(self, principal: str, resource: str, role: str) -> None:
         if role not in ROLE_RULES:
             raise ProvisionerError(f"role {role!r} has no Redis ACL rules; known roles: {sorted(ROLE_RULES)}")
-        username = acl_username(principal, resource, role)
-        prefix = key_prefix(resource)
-        pattern = "~*" if prefix == "*" else f"~{prefix}:*"
+        try:
+            username = acl_username(principal, resource, role)
+        except ValueError as error:
+            raise ProvisionerError(str(error)) from error
+        pattern = f"~{key_prefix(resource)}:*"
         rules = ["reset", "on", f">{self.password(username)}", pattern, *ROLE_RULES[role]]
         try:
             await self._client.execute_command("ACL", "SETUSER", username, *rules)
@@ -54,7 +69,10 @@ class RedisAclProvisioner:
             raise ProvisionerError(f"ACL SETUSER {username} on {self.url} failed: {error}") from error
 
     async def remove(self, principal: str, resource: str, role: str) -> None:
-        username = acl_username(principal, resource, role)
+        try:
+            username = acl_username(principal, resource, role)
+        except ValueError:
+            return  # No user was ever created for a resource without a valid prefix.
         try:
             # ACL DELUSER also disconnects the clients authenticated as that user.
             await self._client.execute_command("ACL", "DELUSER", username)
@@ -62,5 +80,8 @@ class RedisAclProvisioner:
             raise ProvisionerError(f"ACL DELUSER {username} on {self.url} failed: {error}") from error
 
     def credentials(self, principal: str, resource: str, role: str) -> dict[str, str] | None:
-        username = acl_username(principal, resource, role)
+        try:
+            username = acl_username(principal, resource, role)
+        except ValueError:
+            return None
         return {"username": username, "password": self.password(username), "target": self.url}

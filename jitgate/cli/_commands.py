@@ -76,7 +76,8 @@ def revoke(args: argparse.Namespace) -> int:
 
 def extend(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        grant = client.extend(args.grant_id, args.duration, args.reason)
+        context = RequestContext(source="cli", device_posture=args.device) if args.device else None
+        grant = client.extend(args.grant_id, args.duration, args.reason, context=context)
     _print_grant(args, grant)
     return EXIT_OK
 

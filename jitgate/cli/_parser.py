@@ -136,6 +136,9 @@ def _add_grant_verbs(add) -> None:
     extend.add_argument("grant_id", metavar="GRANT_ID")
     extend.add_argument("--duration", type=parse_duration, required=True, help=f"new remaining duration: {DURATION_FORMS}")
     extend.add_argument("--reason", required=True, help="why more time is needed")
+    extend.add_argument(
+        "--device", choices=[posture.value for posture in DevicePosture], help="device posture of the requester"
+    )
 
     check = add("check", "check whether a principal holds a role on a resource now (exit 0 allowed, 1 not)")
     check.add_argument("principal", metavar="PRINCIPAL")

@@ -307,3 +307,31 @@ def test_signed_event_creates_request(cluster):
     assert forged.status_code == 401, forged.text
     unknown = httpx.post(f"{cluster.api_url}/v1/events/nope", content=body, headers=headers)
     assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize("resource", ["redis://target/*", "redis://target/", "redis://target/p*", "redis://target/[p]ay"])
+def test_glob_key_prefix_is_400(cluster, resource):
+    response = submit(cluster.client("alice"), resource)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "resource"
+
+
+@pytest.mark.parametrize("raw", [b'{"resource": "redis://target/x", "role": "read", "duration_s": NaN, "reason": "r"}',
+                                 b'{"resource": "redis://target/x", "role": "read", "duration_s": Infinity, "reason": "r"}',
+                                 b'{"resource": "redis://target/x", "role": "read", "duration_s": 1e400, "reason": "r"}'])
+def test_non_finite_numbers_are_400(cluster, raw):
+    response = cluster.client("alice").post("/v1/requests", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+
+
+@pytest.mark.parametrize(("path", "after"), [("/v1/requests", "\u00b2"), ("/v1/grants", "\u00b2"), ("/v1/audit", "\u00b2:1"),
+                                             ("/v1/audit", "0:1-2-3"), ("/v1/audit", "0:-1"), ("/v1/audit", "1:99999999999999999999999-0")])
+def test_bad_cursor_is_400(cluster, path, after):
+    response = cluster.client("admin").get(path, params={"after": after})
+    assert response.status_code == 400, response.text
+
+
+def test_control_characters_in_reason_are_400(cluster):
+    response = submit(cluster.client("alice"), new_resource(), reason="a\x1b[31mred")
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "reason"

@@ -360,14 +360,14 @@ def test_review_revoke_extend(capsys, api_url):
     review_code, review_out, _ = run_cli(capsys, "review", "r-1", "approve", "--reason", "ok", "--duration", "30m")
     review_body = ApiStub.received[-1][2]
     revoke_code, revoke_out, _ = run_cli(capsys, "revoke", "g-1", "--reason", "done")
-    extend_code, _, _ = run_cli(capsys, "extend", "g-1", "--duration", "2h", "--reason", "more")
+    extend_code, _, _ = run_cli(capsys, "extend", "g-1", "--duration", "2h", "--reason", "more", "--device", "managed")
     extend_body = ApiStub.received[-1][2]
 
     assert (review_code, revoke_code, extend_code) == (0, 0, 0)
     assert review_body == {"decision": "approve", "reason": "ok", "duration_s": 1800}
     assert "request r-1: approved" in review_out
     assert "grant g-1: revoking" in revoke_out
-    assert extend_body == {"duration_s": 7200, "reason": "more"}
+    assert extend_body == {"duration_s": 7200, "reason": "more", "context": {"source": "cli", "device_posture": "managed"}}
 
 
 def test_ls_requests_and_grants(capsys, api_url):

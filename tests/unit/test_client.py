@@ -263,7 +263,9 @@ def test_review_cancel_revoke_extend():
     assert recorder.body(0) == {"decision": "approve", "reason": "looks fine", "duration_s": 1800}
     assert recorder.body(1) == {}
     assert recorder.body(2) == {"reason": "incident over"}
-    assert recorder.body(3) == {"duration_s": 7200, "reason": "still debugging"}
+    assert recorder.body(3) == {
+        "duration_s": 7200, "reason": "still debugging", "context": {"device_posture": "unknown", "source": "api"}
+    }
 
 
 def test_review_rejects_unknown_decision():

@@ -298,7 +298,8 @@ def rows_with_resources(resources: list[int]) -> list[replay.LogRow]:
     return [replay.LogRow(str(i + 1), str(resource), ATTRIBUTES_1) for i, resource in enumerate(resources)]
 
 
-def test_replay_counts_outcomes():
+def test_replay_counts_outcomes(monkeypatch):
+    monkeypatch.setattr(replay, "RETRY_MAX_WAIT_S", 0)
     server = ReplayServer()
     rows = rows_with_resources(list(range(100, 120)))
 
@@ -313,13 +314,17 @@ def test_replay_counts_outcomes():
     assert summary.errors == Counter({"503 unavailable": 2})
     assert summary.completed == 20
     assert len(summary.latencies_ms) == 20
-    assert sorted(server.keys) == sorted(f"replay-7-{i}" for i in range(1, 21))
+    # The two rows that keep getting 503 are sent MAX_ATTEMPTS times each, with the same key.
+    assert summary.retries == 2 * (replay.MAX_ATTEMPTS - 1)
+    assert len(server.keys) == 20 + summary.retries
+    assert set(server.keys) == {f"replay-7-{i}" for i in range(1, 21)}
     assert server.bodies[0]["principal"].startswith("emp-")
     assert server.bodies[0]["principal_attributes"]["mgr_id"] == "72734"
 
 
 def test_replay_stops_when_server_gone(monkeypatch):
     monkeypatch.setattr(replay, "MAX_CONSECUTIVE_TRANSPORT_ERRORS", 3)
+    monkeypatch.setattr(replay, "RETRY_MAX_WAIT_S", 0)
 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
@@ -397,7 +402,7 @@ def test_run_falls_back_to_synthetic_stream(tmp_path, monkeypatch):
     assert data["synthetic"] is True
     assert data["source"] == "synthetic"
     assert data["completed"] == 30
-    assert len(server.keys) == 30
+    assert len(set(server.keys)) == 30
 
 
 def test_run_raises_when_server_unreachable(tmp_path):
