@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Body, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -20,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.service import AccessService
 from jitgate.errors import InvalidInput, JitError, Unavailable, http_status
@@ -53,8 +56,20 @@ SHARD_LABEL = "shard"
 STATUS_LABEL = "status"
 
 
+def _json_safe(value: Any) -> Any:
+    """Replace NaN and infinities, which JSON cannot carry, by their text (a rejected input may contain them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": code.replace("_", " "), "status": status, "code": code, "detail": detail, **details}
+    body = {"type": "about:blank", "title": code.replace("_", " "), "status": status, "code": code, "detail": detail,
+            **_json_safe(details)}
     return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
 
 
@@ -75,6 +90,104 @@ def _validation_problem(error: RequestValidationError) -> JSONResponse:
     if len(error.errors()) > 1:
         details["other_errors"] = len(error.errors()) - 1
     return problem(400, "invalid_input", message, **details)
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    """Serialize with orjson and skip FastAPI's `response_model` pass, for routes whose views already have the model's shape."""
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+
+class LimitsAndMetrics:
+    """ASGI middleware: refuse bodies over `max_body_bytes`, count and time requests, name the replica.
+
+    A plain ASGI class, because Starlette's `BaseHTTPMiddleware` runs every request in an extra
+    task with wrapped streams, which cost more CPU per request than the rest of this class.
+    """
+
+    def __init__(self, app: ASGIApp, *, get_service: Callable[[], AccessService], http_requests: Counter,
+                 http_seconds: Histogram, replica_id: Callable[[], str] | None) -> None:
+        self.app = app
+        self.get_service = get_service
+        self.http_requests = http_requests
+        self.http_seconds = http_seconds
+        self.replica_id = replica_id
+
+    async def _call_with_counted_body(self, scope: Scope, receive: Receive, send: Send, max_body_bytes: int) -> None:
+        """Run the app on a body without Content-Length (chunked), stopping it once the body passes the limit."""
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > max_body_bytes:
+                    raise BodyTooLarge(max_body_bytes)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if not started:
+                await _reject_large_body(scope, receive, send, max_body_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+        replica_header = (b"x-jitgate-replica", self.replica_id().encode()) if self.replica_id is not None else None
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                if replica_header is not None:
+                    message["headers"] = [*message.get("headers", ()), replica_header]
+            await send(message)
+
+        try:
+            max_body_bytes = self.get_service().settings.max_body_bytes
+            length = _header(scope, b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+                response = problem(413, "invalid_input", f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes",
+                                   field="body", value=length, limit=max_body_bytes)
+                await response(scope, receive, send_with_header)
+            elif length is None:
+                await self._call_with_counted_body(scope, receive, send_with_header, max_body_bytes)
+            else:
+                await self.app(scope, receive, send_with_header)
+        finally:
+            # The router stores the matched route in the scope it was given, which is this one.
+            label = getattr(scope.get("route"), "path", "unmatched")
+            self.http_requests.labels(label, str(status[0])).inc()
+            self.http_seconds.labels(label).observe(time.perf_counter() - started)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A chunked body passed the size limit while the app was reading it."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {max_body_bytes} bytes")
+
+
+async def _reject_large_body(scope: Scope, receive: Receive, send: Send, max_body_bytes: int) -> None:
+    response = problem(413, "invalid_input", f"request body exceeds the limit of {max_body_bytes} bytes",
+                       field="body", limit=max_body_bytes)
+    await response(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 class ShardStatsCollector(Collector):
@@ -128,23 +241,10 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
     shard_stats = ShardStatsCollector()
     registry.register(shard_stats)
 
-    @api.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        started = time.perf_counter()
-        max_body_bytes = get_service().settings.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            response = problem(413, "invalid_input", f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes",
-                               field="body", value=length, limit=max_body_bytes)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        http_requests.labels(label, str(response.status_code)).inc()
-        http_seconds.labels(label).observe(time.perf_counter() - started)
-        if replica_id is not None:
-            response.headers["X-Jitgate-Replica"] = replica_id()
-        return response
+    api.add_middleware(
+        LimitsAndMetrics, get_service=get_service, http_requests=http_requests, http_seconds=http_seconds,
+        replica_id=replica_id,
+    )
 
     @api.exception_handler(JitError)
     async def on_domain_error(request: Request, error: JitError) -> JSONResponse:
@@ -209,7 +309,7 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
                 field="Idempotency-Key", value=idempotency_key[:200], limit=128,
             )
         result, replayed = await service().submit(caller(authorization), body, idempotency_key)
-        return JSONResponse(result, status_code=200 if replayed else 201)
+        return json_response(result, status_code=200 if replayed else 201)
 
     @api.get("/v1/requests/{request_id}", response_model=AccessRequest)
     async def get_request(request_id: str, authorization: Auth = None) -> Any:
@@ -261,15 +361,15 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
 
     @api.post("/v1/check", response_model=CheckResult)
     async def check(body: CheckBody, authorization: Auth = None) -> Any:
-        return await service().check(caller(authorization), body)
+        return json_response(await service().check(caller(authorization), body))
 
     @api.post("/v1/check:batch", response_model=CheckBatchResult)
     async def check_batch(body: CheckBatchBody, authorization: Auth = None) -> Any:
-        return await service().check_batch(caller(authorization), body)
+        return json_response(await service().check_batch(caller(authorization), body))
 
     @api.post("/v1/decisions:batch")
     async def decisions_batch(body: DecisionBatchBody, authorization: Auth = None) -> Any:
-        return await service().decide_many(caller(authorization), body)
+        return json_response(await service().decide_many(caller(authorization), body))
 
     @api.post("/v1/events/{source}", status_code=201, response_model=RequestResult)
     async def event(

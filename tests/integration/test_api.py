@@ -335,3 +335,12 @@ def test_control_characters_in_reason_are_400(cluster):
     response = submit(cluster.client("alice"), new_resource(), reason="a\x1b[31mred")
     assert response.status_code == 400, response.text
     assert response.json()["field"] == "reason"
+
+
+def test_chunked_huge_body_is_413(cluster):
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 65_536
+
+    response = cluster.client("alice").post("/v1/requests", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
