@@ -59,19 +59,13 @@ class RayBackends:
             "num_cpus": 0,
             "namespace": settings.namespace,
         }
-        self.ledgers = []
-        self.replicas = []
+        self._common = common
+        self._ledger_class = ray.remote(GrantLedger)
+        self._placement_strategy = PlacementGroupSchedulingStrategy
+        self.ledgers = [None] * settings.ledger_shards
+        self.replicas = [None] * settings.ledger_shards
         for shard in range(settings.ledger_shards):
-            group = self._shard_placement_group(shard)
-            for bundle, (name, role, handles) in enumerate(
-                ((f"jitgate-ledger-{shard}", "primary", self.ledgers), (f"jitgate-ledger-{shard}-replica", "replica", self.replicas))
-            ):
-                placement = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=bundle)
-                handles.append(
-                    ray.remote(GrantLedger)
-                    .options(name=name, **common, memory=LEDGER_BUNDLE["memory"], scheduling_strategy=placement)
-                    .remote(shard, ledger_config(settings), role=role)
-                )
+            self._create_shard(shard)
         self.policies = [
             ray.remote(PolicyActor)
             .options(name=f"jitgate-policy-{i}", **common)
@@ -83,6 +77,20 @@ class RayBackends:
             for i in range(settings.risk_scorers)
         ]
         self._next_scorer = itertools.cycle(range(len(self.scorers)))
+
+    def _create_shard(self, shard: int) -> None:
+        """Get or create the primary and replica actors of a shard in the shard's placement group."""
+        group = self._shard_placement_group(shard)
+        # Odd shards put the primary in the second bundle, so primaries spread over the nodes too.
+        primary_bundle = shard % 2
+        for bundle, (name, role, handles) in (
+            (primary_bundle, (f"jitgate-ledger-{shard}", "primary", self.ledgers)),
+            (1 - primary_bundle, (f"jitgate-ledger-{shard}-replica", "replica", self.replicas)),
+        ):
+            placement = self._placement_strategy(placement_group=group, placement_group_bundle_index=bundle)
+            handles[shard] = self._ledger_class.options(
+                name=name, **self._common, memory=LEDGER_BUNDLE["memory"], scheduling_strategy=placement
+            ).remote(shard, ledger_config(self.settings), role=role)
 
     def _shard_placement_group(self, shard: int) -> Any:
         """The detached placement group of a shard: one bundle for the primary, one for the replica.
@@ -129,7 +137,17 @@ class RayBackends:
             raise Unavailable(f"{what} is unavailable ({type(error).__name__}); retry shortly", retry_after_s=1) from error
 
     async def ledger(self, shard: int, method: str, *args: Any) -> Any:
-        return await self._await(getattr(self.ledgers[shard], method).remote(*args), f"ledger shard {shard}")
+        try:
+            return await self._await(getattr(self.ledgers[shard], method).remote(*args), f"ledger shard {shard}")
+        except Unavailable as error:
+            if isinstance(error.__cause__, self._ray.exceptions.RayActorError) and not isinstance(
+                error.__cause__, self._ray.exceptions.ActorUnavailableError
+            ):
+                # The actor is gone for good (its placement group was removed, or Ray gave up
+                # restarting it): create the shard again; the caller retries with the new actor.
+                logger.warning("ledger shard %d is gone (%s); creating it again", shard, error.__cause__)
+                self._create_shard(shard)
+            raise
 
     async def ledger_read(self, shard: int, method: str, *args: Any) -> Any:
         """Call a read-only method on the shard's primary, or on its replica when the primary times out."""

@@ -178,6 +178,27 @@ class LocalCluster:
         handle = self.ray.get_actor(name, namespace=namespace or self.settings.namespace)
         return self.ray.get(handle.__ray_call__.remote(_where), timeout=15)
 
+    def place_shard_again(self, shard: int) -> None:
+        """Remove a ledger shard's placement group (ending its actors) and create the shard again."""
+        from ray.util import get_placement_group, remove_placement_group
+
+        from cluster.backends import RayBackends
+
+        names = (f"jitgate-ledger-{shard}", f"jitgate-ledger-{shard}-replica")
+        for name in names:
+            self.ray.kill(self.ray.get_actor(name, namespace=self.settings.namespace), no_restart=True)
+        remove_placement_group(get_placement_group(f"jitgate-ledger-{shard}-placement"))
+        deadline = time.monotonic() + 30
+        while any(_named_actor_alive(self.ray, name, self.settings.namespace) for name in names):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ledger shard {shard} actors still alive 30 s after removing their placement group")
+            time.sleep(0.1)
+        # The same settings the app was deployed with: `up` fills in the embedded Redis URLs.
+        backends = RayBackends(
+            self.settings.model_copy(update={"redis_url": self.redis_url, "target_redis_url": self.target_redis_url})
+        )
+        self.ray.get([backends.ledgers[shard].ready.remote(), backends.replicas[shard].ready.remote()], timeout=60)
+
     def serve_replica_names(self) -> list[str]:
         prefix = f"SERVE_REPLICA::{APP_NAME}#ingress#"
         return sorted(a["name"] for a in self.ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
@@ -236,6 +257,14 @@ def wait_until(condition: Callable[[], object], timeout_s: float, description: s
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {description}")
         time.sleep(interval_s)
+
+
+def _named_actor_alive(ray: Any, name: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    return True
 
 
 def kill_pid(pid: int) -> None:
@@ -474,10 +503,12 @@ class Scenarios:
         return {name: self.cluster.process_of(name) for name in names}
 
     def _place_primary_on_worker(self) -> dict[str, Any]:
-        """Restart ledger actors until a primary runs on the worker and its replica on the head.
+        """Place a shard again until its primary runs on the worker and its replica on the head.
 
-        The actors already exist on the head when the worker joins, and a restarted actor is
-        placed again with its scheduling strategy (SPREAD), so this retries a bounded number of times.
+        The shards' placement groups were created before the worker joined, so both bundles sit on
+        the head. Removing a shard's group ends its two actors; creating the shard again (as the
+        ingress does when it finds the actors gone) spreads the new group over both nodes, in
+        either order, so this retries a bounded number of times.
         """
         worker = self.worker.node_id
         shards = self.cluster.settings.ledger_shards
@@ -491,11 +522,7 @@ class Scenarios:
                     return self._placement_details(placement, restarts)
             if attempt == PLACEMENT_ATTEMPTS:
                 break
-            shard = attempt % shards
-            primary, replica = f"jitgate-ledger-{shard}", f"jitgate-ledger-{shard}-replica"
-            victim = primary if placement[primary][1] != worker else replica
-            kill_pid(placement[victim][0])
-            wait_restarted(self.cluster, victim, placement[victim][0])
+            self.cluster.place_shard_again(attempt % shards)
             restarts += 1
         return self._placement_details(placement, restarts)
 
