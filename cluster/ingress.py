@@ -11,16 +11,60 @@ import logging
 
 from ray import serve
 
+from actors.domain.directory import ApiKey
 from cluster.app import create_app
 from cluster.backends import RayBackends
 from cluster.catalogs import load_catalogs, load_event_sources
 from cluster.replica_state import current_replica_id, current_service, set_replica
 from cluster.service import AccessService
 from cluster.settings import Settings
+from jitgate.models import CheckBatchBody
 
 logger = logging.getLogger("jitgate.cluster")
 
+# The caller that `DeploymentHandle` methods act as: code inside the cluster, not an API key.
+HANDLE_CALLER = ApiKey(key_id="deployment-handle", principal="system", scopes=frozenset({"admin"}), sha256="")
+
 api = create_app(current_service, replica_id=current_replica_id)
+
+
+class InReplicaDecisions:
+    """Backends whose risk and policy calls run in this process; every other call goes to `remote`.
+
+    The RiskScorer and PolicyActor classes are pure Python and numpy, so a replica can hold its
+    own instances. A batch of decisions then costs no actor call, only the ledger write does.
+    """
+
+    def __init__(self, settings: Settings, remote: RayBackends) -> None:
+        from actors.policy.actor import PolicyActor
+        from actors.risk.actor import RiskScorer
+
+        self._remote = remote
+        self._scorer = RiskScorer(str(settings.risk_model_path))
+        self._policies = [PolicyActor(str(settings.policy_dir), settings.max_duration_s, i) for i in range(settings.policy_shards)]
+
+    def __getattr__(self, name: str):
+        return getattr(self._remote, name)
+
+    async def risk(self, method: str, *args):
+        return await _maybe_await(getattr(self._scorer, method)(*args))
+
+    async def policy(self, shard: int, method: str, *args):
+        return await _maybe_await(getattr(self._policies[shard], method)(*args))
+
+    def policy_cache_stats(self) -> dict[str, int]:
+        stats = [policy.cache_stats() for policy in self._policies]
+        return {name: sum(s[name] for s in stats) for name in ("hits", "misses", "size")}
+
+    def clear_policy_caches(self, bundle_dir: str) -> None:
+        for policy in self._policies:
+            policy.load_bundle(bundle_dir)
+
+
+async def _maybe_await(result):
+    if asyncio.iscoroutine(result):
+        return await result
+    return result
 
 
 @serve.deployment(
@@ -36,12 +80,37 @@ class Ingress:
         self.settings = Settings(**settings)
         directory, catalog, keyring = load_catalogs(self.settings)
         backends = RayBackends(self.settings)
+        if self.settings.decisions_in_ingress:
+            backends = InReplicaDecisions(self.settings, backends)
         self.service = AccessService(
             self.settings, backends, directory=directory, catalog=catalog, keyring=keyring,
             event_sources=load_event_sources(self.settings),
         )
         set_replica(self.service, serve.get_replica_context().replica_id.unique_id)
         asyncio.get_event_loop().create_task(self.service.start())
+
+    async def check_columns(self, principals: list[str], resources: list[str], roles: list[str]) -> dict[str, list]:
+        """Run many checks for in-cluster callers of a `DeploymentHandle`, without HTTP.
+
+        Element i of each list is one check, as in `POST /v1/check:batch`. The caller is trusted
+        code in the cluster, so the lists are not validated again; returns `allowed` and
+        `expires_at_ms` lists.
+        """
+        body = CheckBatchBody.model_construct(principals=principals, resources=resources, roles=roles)
+        return await self.service.check_batch(HANDLE_CALLER, body)
+
+    def policy_cache_stats(self) -> dict[str, int | str]:
+        """Return this replica's id and the decision cache counters of its in-replica policy engines."""
+        if not isinstance(self.service.backends, InReplicaDecisions):
+            raise RuntimeError("policies run in the PolicyActor actors; read their cache_stats instead")
+        return {"replica": serve.get_replica_context().replica_id.unique_id, **self.service.backends.policy_cache_stats()}
+
+    def clear_policy_caches(self) -> str:
+        """Empty the decision caches of this replica's in-replica policy engines; returns the replica id."""
+        if not isinstance(self.service.backends, InReplicaDecisions):
+            raise RuntimeError("policies run in the PolicyActor actors; call their load_bundle instead")
+        self.service.backends.clear_policy_caches(str(self.settings.policy_dir))
+        return serve.get_replica_context().replica_id.unique_id
 
     async def check_health(self) -> None:
         # Liveness of this replica only: a Redis outage must not make Serve replace every replica.

@@ -53,10 +53,20 @@ class Settings(BaseSettings):
         default="proxy",
         description=(
             "How HTTP reaches the ingress replicas. 'proxy': the Serve HTTP proxy on http_port. "
-            "'direct': Ray Serve direct ingress, each replica serves HTTP on its own port from "
-            "30000-31000 on http_host, and the Serve proxy stays on http_port. 'haproxy': HAProxy on "
-            "http_port in front of the direct-ingress replica ports; its stats and Prometheus ports "
-            "listen on all interfaces (Ray 2.60)."
+            "'haproxy': HAProxy on http_host:http_port balances each request over the replicas' own "
+            "HTTP servers (Ray Serve direct ingress, ports 30000-31000 on http_host); less CPU per "
+            "request, but its stats and Prometheus ports listen on all interfaces (Ray 2.60). "
+            "'direct': each replica serves on its own port from 30000-31000, and http_port keeps the "
+            "Serve proxy, so clients must pick a replica port."
+        ),
+    )
+    decisions_in_ingress: bool = Field(
+        default=False,
+        description=(
+            "Score risk and evaluate policies inside each ingress replica, with the same RiskScorer and "
+            "PolicyActor classes, instead of calling their actors. It saves two actor calls per batch of "
+            "decisions, but each replica counts the recent requests of a principal for the risk score "
+            "from its own traffic only."
         ),
     )
     ledger_shards: int = Field(default=2, ge=1, le=256, description="GrantLedger shards (by principal).")
