@@ -109,8 +109,9 @@ class RayBackends:
             return placement_group(
                 [dict(LEDGER_BUNDLE), dict(LEDGER_BUNDLE)], strategy="SPREAD", name=name, lifetime="detached"
             )
-        except ValueError:
-            # Another ingress replica created it first.
+        except (ValueError, self._ray.exceptions.RaySystemError) as error:
+            # Another ingress replica created it first (Ray 2.60 raises RaySystemError for that).
+            logger.info("placement group %s exists already (%s); using it", name, error)
             return get_placement_group(name)
 
     async def _result(self, ref: Any) -> Any:
