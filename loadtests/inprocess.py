@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from actors.risk.actor import RiskScorer
 from actors.risk.model import COLUMNS, RiskModel
 from actors.risk.scoring import DEFAULT_USUAL_DURATION_S, DEVICE_POSTURES, RiskContext, score_batch
 from cluster.decisions import DecisionItem
+from actors.risk.cli import _rows_per_second
 from jitgate.replay import PlannedRequest
 
 RISK_BATCH_SIZES = (1, 512, 4096, 65_536)
@@ -25,19 +25,7 @@ POLICY_BATCH = 1000
 
 def rows_per_second(run: Callable[[], object], batch_rows: int, min_time_s: float = 0.2, rounds: int = 3) -> float:
     """Return the best rows/s of `rounds` timed loops of at least `min_time_s` each, after one warm-up call."""
-    run()
-    best_s = math.inf
-    for _ in range(rounds):
-        calls = 0
-        started = time.perf_counter()
-        while True:
-            run()
-            calls += 1
-            elapsed_s = time.perf_counter() - started
-            if elapsed_s >= min_time_s:
-                break
-        best_s = min(best_s, elapsed_s / calls)
-    return batch_rows / best_s
+    return _rows_per_second(run, batch_rows, min_time_s, rounds)
 
 
 def risk_columns(plans: Sequence[PlannedRequest], rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
