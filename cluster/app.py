@@ -225,7 +225,7 @@ class ShardStatsCollector(Collector):
 
 
 def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable[[], str] | None = None) -> FastAPI:
-    """Build the API app; `replica_id`, when given, names the answering replica in `X-Jitgate-Replica`."""
+    """Build the API app; `replica_id`, when given, names the responding replica in `X-Jitgate-Replica`."""
     api = FastAPI(
         title="jitgate",
         version="1",

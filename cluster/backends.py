@@ -93,7 +93,7 @@ class RayBackends:
             ).remote(shard, ledger_config(self.settings), role=role)
 
     def _shard_placement_group(self, shard: int) -> Any:
-        """The detached placement group of a shard: one bundle for the primary, one for the replica.
+        """Get or create the detached placement group of a shard: one bundle each for primary and replica.
 
         Its SPREAD strategy puts the two bundles on different nodes when there are several, and
         Ray reschedules a bundle whose node died, so a restarted actor lands apart again.
@@ -144,8 +144,8 @@ class RayBackends:
             if isinstance(error.__cause__, self._ray.exceptions.RayActorError) and not isinstance(
                 error.__cause__, self._ray.exceptions.ActorUnavailableError
             ):
-                # The actor is gone for good (its placement group was removed, or Ray gave up
-                # restarting it): create the shard again; the caller retries with the new actor.
+                # The actor is gone for good because its placement group was removed or Ray gave up
+                # restarting it. Create the shard again, so the caller's retry reaches a new actor.
                 logger.warning("ledger shard %d is gone (%s); creating it again", shard, error.__cause__)
                 self._create_shard(shard)
             raise

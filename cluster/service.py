@@ -1,7 +1,7 @@
 """Use cases behind the v1 API, independent of the web framework and of Ray.
 
-The ingress authenticates the caller, validates the body and calls one method here; every
-method raises `jitgate.errors` on refusal and returns plain dicts in the API's shapes.
+The ingress authenticates the caller, validates the body and calls one method here. Every
+method raises `jitgate.errors` when it rejects a call, and returns plain dicts in the API's shapes.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         default=24 * 3600, ge=1, description="How long a pending request waits for reviews before it expires."
     )
     check_cache_ttl_ms: int = Field(
-        default=1000, ge=0, le=60_000, description="Lifetime of a cached check answer, capped by the grant expiry."
+        default=1000, ge=0, le=60_000, description="Lifetime of a cached check result, capped by the grant expiry."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
 

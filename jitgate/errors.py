@@ -1,6 +1,6 @@
 """Errors of jitgate, shared by the server and the SDK.
 
-The tree knows nothing about HTTP; `HTTP_STATUS` maps each class to a status in one place,
+The tree has no HTTP in it; `HTTP_STATUS` maps each class to a status in one place,
 and the SDK maps a problem response back to the same class.
 
     JitError

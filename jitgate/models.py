@@ -58,7 +58,7 @@ class _Strict(BaseModel):
 
 
 class RequestContext(_Strict):
-    """What the submitter reports about where the request comes from."""
+    """Context the submitter reports about the request's origin: source, ticket, device, address, hour."""
 
     source: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")] = "api"
     ticket: Annotated[str, StringConstraints(max_length=128)] | None = None

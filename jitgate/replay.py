@@ -444,8 +444,11 @@ async def replay(
     consecutive_transport_errors = 0
 
     async def submit_with_retries(planned: Any) -> Any:
-        """Send one request; a 503 or a lost response is sent again with the same idempotency key,
-        which the server deduplicates, after the server's Retry-After or an exponential backoff."""
+        """Send one request, and send it again after a 503 or a lost response.
+
+        The retry reuses the idempotency key, so the server stores the request once. It waits for the
+        server's Retry-After, or an exponential backoff when there is none.
+        """
         for attempt in range(MAX_ATTEMPTS):
             try:
                 return await client.request_access(

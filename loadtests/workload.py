@@ -22,16 +22,8 @@ def load_plans(path: Path = DEFAULT_LOG_PATH, limit: int | None = None, seed: in
 
 
 def request_body(plan: PlannedRequest) -> dict[str, Any]:
-    """Return the `POST /v1/requests` body of a planned request."""
-    return {
-        "principal": plan.principal,
-        "principal_attributes": plan.principal_attributes,
-        "resource": plan.resource,
-        "role": plan.role,
-        "duration_s": plan.duration_s,
-        "reason": plan.reason,
-        "context": plan.context.model_dump(mode="json", exclude_none=True),
-    }
+    """Return the `POST /v1/requests` body of a planned request: the decision input plus the reason."""
+    return {**decision_input(plan), "reason": plan.reason}
 
 
 def decision_input(plan: PlannedRequest) -> dict[str, Any]:
