@@ -531,6 +531,7 @@ def _start_ray_head(settings: Settings, paths: StatePaths, out: Output) -> tuple
             # A single-node head has nowhere to move replicas, so draining on SIGTERM only
             # delays `down` (by up to 30 s in Ray 2.60).
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            "RAY_worker_niceness": str(settings.worker_niceness),
             **ingress_env(settings, paths),
         }
     )

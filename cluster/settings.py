@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     object_store_memory_bytes: int = Field(
         default=512 * 1024 * 1024, ge=78_643_200, description="Object store size of the local Ray head."
     )
+    worker_niceness: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description=(
+            "Nice value of the Ray worker processes that run jitgate's actors and replicas. Ray's own "
+            "default is 15, under which any busy process at nice 0 on the host delays expiry timers."
+        ),
+    )
     ingress_replicas: int = Field(default=2, ge=1, description="Serve ingress replicas.")
     ingress: IngressMode = Field(
         default="proxy",

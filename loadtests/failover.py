@@ -302,6 +302,7 @@ class WorkerNode:
         env.pop("RAY_ADDRESS", None)
         env.update(ray_driver_env(self.cluster.settings))
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["RAY_worker_niceness"] = str(self.cluster.settings.worker_niceness)
         # Actors placed on this node import `actors` and `cluster` from this checkout.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         argv = [
