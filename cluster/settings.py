@@ -59,12 +59,12 @@ class Settings(BaseSettings):
     )
     ingress_replicas: int = Field(default=2, ge=1, description="Serve ingress replicas.")
     ingress: IngressMode = Field(
-        default="proxy",
+        default="haproxy",
         description=(
-            "How HTTP reaches the ingress replicas. 'proxy': the Serve HTTP proxy on http_port. "
-            "'haproxy': HAProxy on http_host:http_port balances each request over the replicas' own "
-            "HTTP servers (Ray Serve direct ingress, ports 30000-31000 on http_host); less CPU per "
-            "request, but its stats and Prometheus ports listen on all interfaces (Ray 2.60). "
+            "How HTTP reaches the ingress replicas. 'haproxy': HAProxy on http_host:http_port balances "
+            "each request over the replicas' own HTTP servers (Ray Serve direct ingress, ports "
+            "30000-31000 on http_host), at about a fifth of the Serve proxy's CPU per request; `up` "
+            "binds its stats and Prometheus ports to 127.0.0.1 as well. 'proxy': the Serve HTTP proxy on http_port. "
             "'direct': each replica serves on its own port from 30000-31000, and http_port keeps the "
             "Serve proxy, so clients must pick a replica port."
         ),

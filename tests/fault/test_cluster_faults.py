@@ -122,6 +122,12 @@ def test_redis_outage_returns_503_then_recovers(jit_cluster):
 
     server = attach_local_redis(jit_cluster.settings.state_dir, "redis", jit_cluster.settings.redis_fsync)
     assert server is not None
+    # With appendfsync everysec, Redis may postpone writing the AOF for up to 2 s while an
+    # fsync is slow, and a SIGKILL then loses those writes (the documented everysec window).
+    # The record must be in the file before the kill for its survival to be asserted.
+    aof = server.paths.data_dir / "appendonly.aof"
+    wait_for(lambda: aof.exists() and before_request["id"].encode() in aof.read_bytes(), timeout_s=10,
+             message="the acknowledged request in the AOF file")
     body = access_body(f"redis://target/d{uuid.uuid4().hex[:8]}")
     key = f"during-{uuid.uuid4().hex}"
     server.kill()
