@@ -131,10 +131,7 @@ def cedarpy_floor(policy_dir: str, global_max_duration_s: int, inputs: Sequence[
     prepared = []
     for start in range(0, len(inputs), batch):
         # The engine's own builders, so that the entities and requests are byte for byte the same.
-        evaluations = []
-        for item in inputs[start : start + batch]:
-            key = engine.evaluation_key(item)
-            evaluations.append(engine_module._Evaluation(key=key, context_json=engine_module._context_json(key[4])))  # noqa: SLF001
+        evaluations = [engine._new_evaluation(None, item) for item in inputs[start : start + batch]]  # noqa: SLF001
         entities_json = engine_module._batch_entities(evaluations)  # noqa: SLF001
         request_action = [engine_module._cedar_request(ev, engine_module.ACTION_REQUEST) for ev in evaluations]  # noqa: SLF001
         auto_action = [engine_module._cedar_request(ev, engine_module.ACTION_AUTO_APPROVE) for ev in evaluations]  # noqa: SLF001

@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from actors.policy.engine import (
     PolicyInput,
     PolicyInputError,
 )
+from actors.policy.reads import PolicyReads, analyze_policies
 
 BUNDLE_FILE = "bundle.yaml"
 SCHEMA_FILE = "schema.cedarschema.json"
@@ -157,6 +158,9 @@ class PolicyBundle:
     resource_attributes: Mapping[str, AttributeSpec]
     test_cases: tuple[BundleTestCase, ...]
     test_global_max_duration_s: int
+    # The values that the policies for `request` and `auto_approve` read. The engine keys its
+    # decision cache on them.
+    decision_reads: PolicyReads = field(default_factory=PolicyReads.everything)
 
     @classmethod
     def load(cls, bundle_dir: Path | str, *, run_tests: bool = True) -> PolicyBundle:
@@ -266,6 +270,7 @@ class _BundleLoader:
             resource_attributes=resource_attributes,
             test_cases=(),
             test_global_max_duration_s=metadata["test_global_max_duration_s"],
+            decision_reads=analyze_policies(_decision_policies(static_policies.values())),
         )
         self.probe_contexts(bundle)
         self.fail_if_problems()
@@ -583,6 +588,22 @@ def _policy_actions(constraint: Mapping[str, Any]) -> frozenset[str] | None:
         entities = constraint.get("entities") or [constraint.get("entity")]
         return frozenset(entity["id"] for entity in entities if entity)
     return None
+
+
+def _decision_policies(policies: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Return the policies that can apply to `request` or `auto_approve`.
+
+    Only a scope of `action == Action::"<other action>"` excludes a policy. An `in` scope stays,
+    because a schema may put `request` into an action group.
+    """
+    decision_actions = (ACTION_REQUEST, ACTION_AUTO_APPROVE)
+    selected = []
+    for policy in policies:
+        constraint = policy.get("action", {})
+        if constraint.get("op") == "==" and constraint.get("entity", {}).get("id") not in decision_actions:
+            continue
+        selected.append(policy)
+    return selected
 
 
 def _placeholder(spec: AttributeSpec) -> Any:

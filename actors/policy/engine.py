@@ -28,11 +28,13 @@ import math
 import numbers
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 import cedarpy
+
+from actors.policy.reads import PolicyReads, VariableReads, bucket
 
 if TYPE_CHECKING:
     from actors.policy.bundle import AttributeSpec, PolicyBundle
@@ -190,23 +192,113 @@ class CacheStats:
     size: int = 0
 
 
-# Everything the policies can read for one decision: principal id and attributes,
-# resource id and attributes, and the context record. Attributes are sorted
-# (name, value) tuples of the declared attributes only, with sets as sorted tuples.
-EvaluationKey = tuple[str, tuple, str, tuple, tuple]
+# A cache key: principal id (None when no policy compares it), the principal's attributes,
+# resource id (or None), the resource's attributes, and the context values. Only what the
+# bundle's policies read is in it (see `actors.policy.reads`), numbers that the policies only
+# compare with constants as the index of their interval between those constants.
+EvaluationKey = tuple[str | None, tuple, str | None, tuple, tuple]
+
+# The context record of `request` and `auto_approve`, in the order of `_context_values`.
+CONTEXT_ATTRIBUTES = ("role", "duration_s", "risk_tenths", "device_posture", "hour_utc", "source")
+CONTEXT_TYPES = {"duration_s": "Long", "risk_tenths": "Long", "hour_utc": "Long"}
+
+
+class _KeyBuilder:
+    """Build the evaluation keys of one bundle from what its policies read.
+
+    Every declared entity attribute is validated and coerced, read or not, so an invalid
+    input fails whatever the policies read.
+    """
+
+    def __init__(self, bundle: PolicyBundle, reads: PolicyReads) -> None:
+        self.principal_id = reads.principal.entity_id
+        self.resource_id = reads.resource.entity_id
+        self.user_specs = _attribute_key_specs(bundle.user_attributes, reads.principal)
+        self.resource_specs = _attribute_key_specs(bundle.resource_attributes, reads.resource)
+        self.context_specs = tuple(
+            (position, reads.context.cut_points(name) if CONTEXT_TYPES.get(name) == "Long" else None)
+            for position, name in enumerate(CONTEXT_ATTRIBUTES)
+            if reads.context.reads(name)
+        )
+
+    def key(self, item: PolicyInput) -> EvaluationKey:
+        values = _context_values(item)
+        context = tuple(
+            values[position] if cut_points is None else bucket(values[position], cut_points)
+            for position, cut_points in self.context_specs
+        )
+        return (
+            item.principal if self.principal_id else None,
+            _attribute_key(self.user_specs, item.principal_attributes, "principal_attributes"),
+            item.resource if self.resource_id else None,
+            _attribute_key(self.resource_specs, item.resource_attributes, "resource_attributes"),
+            context,
+        )
+
+
+# (name, spec, read by the policies, cut points or None for the exact value)
+_AttributeKeySpec = tuple[str, "AttributeSpec", bool, tuple[int, ...] | None]
+
+
+def _attribute_key_specs(declared: Mapping[str, AttributeSpec], reads: VariableReads) -> tuple[_AttributeKeySpec, ...]:
+    return tuple(
+        (name, spec, reads.reads(name), reads.cut_points(name) if spec.cedar_type == "Long" else None)
+        for name, spec in declared.items()
+    )
+
+
+def _attribute_key(specs: tuple[_AttributeKeySpec, ...], values: Mapping[str, AttributeValue], where: str) -> tuple:
+    key = []
+    for name, spec, read, cut_points in specs:
+        value = values.get(name)
+        if value is None:
+            if spec.required:
+                raise PolicyInputError(f"{where}.{name} is missing and the policy schema requires it")
+            continue
+        value = spec.coerce(value, f"{where}.{name}")
+        if read:
+            key.append((name, value if cut_points is None else bucket(value, cut_points)))
+    return tuple(key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """The decision of one evaluation, before the parts that use the request's own values.
+
+    `decision` holds for a request whose duration is at most `cap_s`; `cap_s` is None when
+    the request is not eligible. When `describe` is set, the reason at `describe_index`
+    names values of the request (role, resource, risk, posture) and is written per request.
+    `exact` marks reasons that quote Cedar errors, which can name the evaluated request's
+    entity ids and attributes, so the outcome holds only for an identical full input.
+    """
+
+    decision: PolicyDecision
+    cap_s: int | None = None
+    cap_policy: str | None = None
+    describe: Callable[[PolicyInput], str] | None = None
+    describe_index: int = 0
+    exact: bool = False
 
 
 @dataclass(slots=True)
 class _Evaluation:
-    key: EvaluationKey
+    """One Cedar evaluation, made with the values of `item`, the first request with its key."""
+
+    key: EvaluationKey | None
+    item: PolicyInput
+    principal_attributes: tuple[tuple[str, Any], ...]
+    resource_attributes: tuple[tuple[str, Any], ...]
     context_json: str
-    result: PolicyDecision | None = None
+    outcome: _Outcome | None = None
     indices: list[int] = field(default_factory=list)
 
 
 class PolicyEngine:
     """Evaluate access requests against one policy bundle, in batches, with an LRU cache.
 
+    Requests that agree on everything the policies read share one evaluation, in a batch
+    and through the cache. With `key_on_reads=False`, the key is every value the policies
+    could read instead: ids, declared attributes and the exact context.
     Not thread-safe: the PolicyActor calls it from one thread.
     """
 
@@ -216,16 +308,18 @@ class PolicyEngine:
         *,
         global_max_duration_s: int,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        key_on_reads: bool = True,
     ) -> None:
         if not _is_int(global_max_duration_s) or global_max_duration_s <= 0:
             raise ValueError(f"global_max_duration_s must be a positive integer, got {global_max_duration_s!r}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be 0 (no cache) or more, got {cache_size}")
-        self._bundle = bundle
         self._global_max_duration_s = global_max_duration_s
         self._cache_size = cache_size
-        self._cache: OrderedDict[EvaluationKey, PolicyDecision] = OrderedDict()
+        self._key_on_reads = key_on_reads
+        self._cache: OrderedDict[EvaluationKey, _Outcome] = OrderedDict()
         self._stats = CacheStats()
+        self._set_bundle(bundle)
 
     @property
     def bundle(self) -> PolicyBundle:
@@ -241,8 +335,13 @@ class PolicyEngine:
 
     def replace_bundle(self, bundle: PolicyBundle) -> None:
         """Switch to another bundle and drop every cached decision of the old one."""
-        self._bundle = bundle
+        self._set_bundle(bundle)
         self.clear_cache()
+
+    def _set_bundle(self, bundle: PolicyBundle) -> None:
+        self._bundle = bundle
+        self._full_keys = _KeyBuilder(bundle, PolicyReads.everything())
+        self._keys = _KeyBuilder(bundle, bundle.decision_reads) if self._key_on_reads else self._full_keys
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -256,35 +355,98 @@ class PolicyEngine:
     def decide_batch(self, items: Sequence[PolicyInput]) -> list[PolicyDecision]:
         """Decide many access requests with two Cedar batch calls (`request`, then `auto_approve`).
 
-        Identical evaluations in the batch are computed once, and decisions are
-        read from and stored in the cache. A principal or resource id that comes
-        with different attributes in one batch costs two more calls per variant.
+        Requests with equal evaluation keys are evaluated once, and outcomes are read from
+        and stored in the cache. A principal or resource id that comes with different
+        attributes in one batch costs two more calls per variant.
         """
         decisions: list[PolicyDecision | None] = [None] * len(items)
         pending: dict[EvaluationKey, _Evaluation] = {}
+        cache = self._cache
         for index, item in enumerate(items):
-            key = self.evaluation_key(item)
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
+            key = self._keys.key(item)
+            outcome = cache.get(key)
+            if outcome is not None:
+                cache.move_to_end(key)
                 self._stats.hits += 1
-                decisions[index] = cached
+                decisions[index] = self._render(outcome, item)
                 continue
             evaluation = pending.get(key)
             if evaluation is None:
                 self._stats.misses += 1
-                evaluation = _Evaluation(key=key, context_json=_context_json(key[4]))
+                evaluation = self._new_evaluation(key, item)
                 pending[key] = evaluation
             evaluation.indices.append(index)
 
         if pending:
             self._evaluate(list(pending.values()))
-            for evaluation in pending.values():
-                assert evaluation.result is not None
-                self._store(evaluation.key, evaluation.result)
-                for index in evaluation.indices:
-                    decisions[index] = evaluation.result
+            self._apply(list(pending.values()), items, decisions)
         return decisions  # type: ignore[return-value]
+
+    def _apply(
+        self, evaluations: list[_Evaluation], items: Sequence[PolicyInput], decisions: list[PolicyDecision | None]
+    ) -> None:
+        """Write the outcomes of evaluated keys into `decisions` and the cache."""
+        others: list[int] = []
+        for evaluation in evaluations:
+            outcome = evaluation.outcome
+            assert outcome is not None
+            if outcome.exact:
+                # The reasons quote errors of the first request, so the others are evaluated on their own.
+                first, *rest = evaluation.indices
+                decisions[first] = self._render(outcome, items[first])
+                others.extend(rest)
+                continue
+            self._store(evaluation.key, outcome)
+            for index in evaluation.indices:
+                decisions[index] = self._render(outcome, items[index])
+        if others:
+            self._decide_on_full_keys(items, others, decisions)
+
+    def _decide_on_full_keys(
+        self, items: Sequence[PolicyInput], indices: list[int], decisions: list[PolicyDecision | None]
+    ) -> None:
+        """Decide the requests at `indices`, one evaluation per full key, without the cache."""
+        evaluations: dict[EvaluationKey, _Evaluation] = {}
+        for index in indices:
+            key = self._full_keys.key(items[index])
+            evaluation = evaluations.get(key)
+            if evaluation is None:
+                evaluation = self._new_evaluation(key, items[index])
+                evaluations[key] = evaluation
+            evaluation.indices.append(index)
+        self._evaluate(list(evaluations.values()))
+        for evaluation in evaluations.values():
+            assert evaluation.outcome is not None
+            for index in evaluation.indices:
+                decisions[index] = self._render(evaluation.outcome, items[index])
+
+    def _new_evaluation(self, key: EvaluationKey | None, item: PolicyInput) -> _Evaluation:
+        bundle = self._bundle
+        return _Evaluation(
+            key=key,
+            item=item,
+            principal_attributes=_entity_attributes(
+                bundle.user_attributes, item.principal_attributes, "principal_attributes"
+            ),
+            resource_attributes=_entity_attributes(
+                bundle.resource_attributes, item.resource_attributes, "resource_attributes"
+            ),
+            context_json=_context_json(item),
+        )
+
+    def _render(self, outcome: _Outcome, item: PolicyInput) -> PolicyDecision:
+        """Return the decision of `outcome` for `item`: the duration check and the reasons that name its values."""
+        if outcome.cap_s is not None and item.duration_s > outcome.cap_s:
+            return self._duration_denial(item, outcome.cap_s, outcome.cap_policy)
+        decision = outcome.decision
+        if outcome.describe is None:
+            return decision
+        reasons = list(decision.reasons)
+        reasons[outcome.describe_index] = outcome.describe(item)
+        return PolicyDecision(
+            decision.effect, tuple(reasons), decision.max_duration_s, decision.required_approvals,
+            decision.policy_version,
+        )
 
     def may_review(
         self,
@@ -334,32 +496,17 @@ class PolicyEngine:
         return False, [f"no policy permits {reviewer} to review {target}"]
 
     def evaluation_key(self, item: PolicyInput) -> EvaluationKey:
-        """Return what the policies can read from `item`, as a hashable cache key.
+        """Return the cache key of `item`: the values the bundle's policies read, as a hashable tuple.
 
-        The risk score enters as `risk_tenths`, the value the policies see, so two
-        scores in the same tenth share one decision.
+        The risk score enters as `risk_tenths`, the value the policies see. Raises
+        PolicyInputError when an entity attribute is missing or has the wrong type.
         """
-        bundle = self._bundle
-        context = (
-            item.role,
-            item.duration_s,
-            risk_to_tenths(item.risk_score),
-            item.device_posture,
-            item.hour_utc,
-            item.source,
-        )
-        return (
-            item.principal,
-            _entity_attributes(bundle.user_attributes, item.principal_attributes, "principal_attributes"),
-            item.resource,
-            _entity_attributes(bundle.resource_attributes, item.resource_attributes, "resource_attributes"),
-            context,
-        )
+        return self._keys.key(item)
 
-    def _store(self, key: EvaluationKey, decision: PolicyDecision) -> None:
-        if self._cache_size == 0:
+    def _store(self, key: EvaluationKey | None, outcome: _Outcome) -> None:
+        if self._cache_size == 0 or key is None:
             return
-        self._cache[key] = decision
+        self._cache[key] = outcome
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
@@ -381,45 +528,39 @@ class PolicyEngine:
             entities,
             schema=bundle.schema,
         )
-        eligible: list[tuple[_Evaluation, list[str], int, str | None]] = []
+        # `auto_approve` runs for every eligible request, also one over its maximum duration,
+        # because the outcome is shared by requests with other durations.
+        eligible: list[tuple[_Evaluation, list[str]]] = []
         for evaluation, result in zip(evaluations, request_results, strict=True):
-            denial = self._request_denial(evaluation.key, result)
+            denial = self._request_denial(result)
             if denial is not None:
-                evaluation.result = denial
-                continue
-            permits = _policy_ids(result)
-            cap_s, cap_policy = self._max_duration(permits)
-            duration_denial = self._duration_denial(evaluation.key, cap_s, cap_policy)
-            if duration_denial is not None:
-                evaluation.result = duration_denial
-                continue
-            eligible.append((evaluation, permits, cap_s, cap_policy))
+                evaluation.outcome = denial
+            else:
+                eligible.append((evaluation, _policy_ids(result)))
 
         if not eligible:
             return
         auto_results = cedarpy.is_authorized_batch(
-            [_cedar_request(ev, ACTION_AUTO_APPROVE) for ev, _, _, _ in eligible],
+            [_cedar_request(ev, ACTION_AUTO_APPROVE) for ev, _ in eligible],
             bundle.policy_set,
             entities,
             schema=bundle.schema,
         )
-        for (evaluation, permits, cap_s, _), result in zip(eligible, auto_results, strict=True):
-            evaluation.result = self._grant_or_review(evaluation.key, permits, cap_s, result)
+        for (evaluation, permits), result in zip(eligible, auto_results, strict=True):
+            evaluation.outcome = self._grant_or_review(permits, result)
 
-    def _request_denial(self, key: EvaluationKey, result: cedarpy.AuthzResult) -> PolicyDecision | None:
+    def _request_denial(self, result: cedarpy.AuthzResult) -> _Outcome | None:
         version = self._bundle.version
         errors = _errors(result)
         if errors:
-            return PolicyDecision(
-                "deny", tuple(f"policy evaluation failed: {error}" for error in errors), 0, 0, version
-            )
+            reasons = tuple(f"policy evaluation failed: {error}" for error in errors)
+            return _Outcome(PolicyDecision("deny", reasons, 0, 0, version), exact=True)
         if result.allowed:
             return None
         reasons = self._forbid_reasons(_policy_ids(result), "denied by")
-        if not reasons:
-            role, resource = key[4][0], key[2]
-            reasons = [f"no policy permits requesting {role} on {resource}"]
-        return PolicyDecision("deny", tuple(reasons), 0, 0, version)
+        if reasons:
+            return _Outcome(PolicyDecision("deny", tuple(reasons), 0, 0, version))
+        return _Outcome(PolicyDecision("deny", ("",), 0, 0, version), describe=_no_permit_reason)
 
     def _max_duration(self, permit_ids: list[str]) -> tuple[int, str | None]:
         """Return the smallest cap among the matched permits and the global maximum, and the policy that set it."""
@@ -433,25 +574,21 @@ class PolicyEngine:
                 cap_s, cap_policy = policy_cap_s, pid
         return cap_s, cap_policy
 
-    def _duration_denial(self, key: EvaluationKey, cap_s: int, cap_policy: str | None) -> PolicyDecision | None:
-        role, duration_s = key[4][0], key[4][1]
-        if duration_s <= cap_s:
-            return None
+    def _duration_denial(self, item: PolicyInput, cap_s: int, cap_policy: str | None) -> PolicyDecision:
         source = f"policy {cap_policy}" if cap_policy is not None else "global maximum"
         reason = (
-            f"requested duration {duration_s} s exceeds the maximum of {cap_s} s "
-            f"for {role} on {key[2]} ({source})"
+            f"requested duration {item.duration_s} s exceeds the maximum of {cap_s} s "
+            f"for {item.role} on {item.resource} ({source})"
         )
         return PolicyDecision("deny", (reason,), cap_s, 0, self._bundle.version)
 
-    def _grant_or_review(
-        self, key: EvaluationKey, permits: list[str], cap_s: int, result: cedarpy.AuthzResult
-    ) -> PolicyDecision:
+    def _grant_or_review(self, permits: list[str], result: cedarpy.AuthzResult) -> _Outcome:
         version = self._bundle.version
+        cap_s, cap_policy = self._max_duration(permits)
         eligible_reason = "eligible by " + ", ".join(permits)
         if result.allowed and not result.diagnostics.errors:
             reasons = (eligible_reason, "auto-approved by " + ", ".join(_policy_ids(result)))
-            return PolicyDecision("allow", reasons, cap_s, 0, version)
+            return _Outcome(PolicyDecision("allow", reasons, cap_s, 0, version), cap_s, cap_policy)
 
         reasons = [eligible_reason]
         blockers: list[str] = []
@@ -460,12 +597,10 @@ class PolicyEngine:
         else:
             blockers = [pid for pid in _policy_ids(result) if self._bundle.policies[pid].effect == "forbid"]
             reasons.extend(self._forbid_reasons(blockers, "auto-approval blocked by"))
+        describe = None
         if len(reasons) == 1:
-            role, resource, risk_tenths, posture = key[4][0], key[2], key[4][2], key[4][3]
-            reasons.append(
-                f"no policy auto-approves {role} on {resource} at risk {risk_tenths / 10:.1f} "
-                f"with device posture {posture}"
-            )
+            describe = _no_auto_approval_reason
+            reasons.append("")
 
         approvals, approvals_policy = 1, None
         for pid in permits + blockers:
@@ -474,7 +609,11 @@ class PolicyEngine:
                 approvals, approvals_policy = policy_approvals, pid
         if approvals_policy is not None:
             reasons.append(f"{approvals} approvals required by {approvals_policy}")
-        return PolicyDecision("review", tuple(reasons), cap_s, approvals, version)
+        decision = PolicyDecision("review", tuple(reasons), cap_s, approvals, version)
+        return _Outcome(
+            decision, cap_s, cap_policy, describe=describe, describe_index=1,
+            exact=bool(result.diagnostics.errors),
+        )
 
     def _forbid_reasons(self, policy_ids: Sequence[str], prefix: str) -> list[str]:
         reasons = []
@@ -484,6 +623,17 @@ class PolicyEngine:
                 continue
             reasons.append(f"{prefix} {pid}: {policy.reason}" if policy.reason else f"{prefix} {pid}")
         return reasons
+
+
+def _no_permit_reason(item: PolicyInput) -> str:
+    return f"no policy permits requesting {item.role} on {item.resource}"
+
+
+def _no_auto_approval_reason(item: PolicyInput) -> str:
+    return (
+        f"no policy auto-approves {item.role} on {item.resource} at risk "
+        f"{risk_to_tenths(item.risk_score) / 10:.1f} with device posture {item.device_posture}"
+    )
 
 
 def _errors(result: cedarpy.AuthzResult) -> list[str]:
@@ -529,26 +679,27 @@ def _entity_attributes(
     return tuple(result)
 
 
-def _context_json(context: tuple) -> str:
-    role, duration_s, risk_tenths, device_posture, hour_utc, source = context
-    return json.dumps(
-        {
-            "role": role,
-            "duration_s": duration_s,
-            "risk_tenths": risk_tenths,
-            "device_posture": device_posture,
-            "hour_utc": hour_utc,
-            "source": source,
-        }
+def _context_values(item: PolicyInput) -> tuple[str, int, int, str, int, str]:
+    """Return the context record of `item` as values in the order of CONTEXT_ATTRIBUTES."""
+    return (
+        item.role,
+        item.duration_s,
+        risk_to_tenths(item.risk_score),
+        item.device_posture,
+        item.hour_utc,
+        item.source,
     )
 
 
+def _context_json(item: PolicyInput) -> str:
+    return json.dumps(dict(zip(CONTEXT_ATTRIBUTES, _context_values(item), strict=True)))
+
+
 def _cedar_request(evaluation: _Evaluation, action: str) -> dict[str, Any]:
-    principal, _, resource, _, _ = evaluation.key
     return {
-        "principal": {"type": USER_TYPE, "id": principal},
+        "principal": {"type": USER_TYPE, "id": evaluation.item.principal},
         "action": {"type": "Action", "id": action},
-        "resource": {"type": RESOURCE_TYPE, "id": resource},
+        "resource": {"type": RESOURCE_TYPE, "id": evaluation.item.resource},
         "context": evaluation.context_json,
     }
 
@@ -563,9 +714,8 @@ def _batch_entities(evaluations: list[_Evaluation]) -> str:
     users: dict[str, tuple] = {}
     resources: dict[str, tuple] = {}
     for evaluation in evaluations:
-        principal, principal_attrs, resource, resource_attrs, _ = evaluation.key
-        users.setdefault(principal, principal_attrs)
-        resources.setdefault(resource, resource_attrs)
+        users.setdefault(evaluation.item.principal, evaluation.principal_attributes)
+        resources.setdefault(evaluation.item.resource, evaluation.resource_attributes)
     parts = [_entity_json(USER_TYPE, uid, attrs) for uid, attrs in users.items()]
     parts.extend(_entity_json(RESOURCE_TYPE, uid, attrs) for uid, attrs in resources.items())
     return "[" + ",".join(parts) + "]"
@@ -576,7 +726,8 @@ def _split_conflicting(evaluations: list[_Evaluation]) -> list[list[_Evaluation]
     users: dict[str, tuple] = {}
     resources: dict[str, tuple] = {}
     for evaluation in evaluations:
-        principal, principal_attrs, resource, resource_attrs, _ = evaluation.key
+        principal, principal_attrs = evaluation.item.principal, evaluation.principal_attributes
+        resource, resource_attrs = evaluation.item.resource, evaluation.resource_attributes
         if users.setdefault(principal, principal_attrs) != principal_attrs:
             break
         if resources.setdefault(resource, resource_attrs) != resource_attrs:
@@ -586,13 +737,15 @@ def _split_conflicting(evaluations: list[_Evaluation]) -> list[list[_Evaluation]
 
     rounds: list[tuple[list[_Evaluation], dict[tuple[str, str], tuple]]] = []
     for evaluation in evaluations:
-        principal, principal_attrs, resource, resource_attrs, _ = evaluation.key
-        wanted = {(USER_TYPE, principal): principal_attrs, (RESOURCE_TYPE, resource): resource_attrs}
+        entity_attributes = {
+            (USER_TYPE, evaluation.item.principal): evaluation.principal_attributes,
+            (RESOURCE_TYPE, evaluation.item.resource): evaluation.resource_attributes,
+        }
         for members, seen in rounds:
-            if all(seen.get(uid, attrs) == attrs for uid, attrs in wanted.items()):
+            if all(seen.get(uid, attrs) == attrs for uid, attrs in entity_attributes.items()):
                 members.append(evaluation)
-                seen.update(wanted)
+                seen.update(entity_attributes)
                 break
         else:
-            rounds.append(([evaluation], dict(wanted)))
+            rounds.append(([evaluation], dict(entity_attributes)))
     return [members for members, _ in rounds]

@@ -265,7 +265,7 @@ def test_cache_ignores_undeclared_attributes(default_bundle):
 
 def test_cache_bounded(default_bundle):
     engine = PolicyEngine(default_bundle, global_max_duration_s=GLOBAL_MAX_S, cache_size=3)
-    engine.decide_batch([make_input(hour_utc=hour) for hour in range(10)])
+    engine.decide_batch([make_input(principal_attributes={"groups": [f"team-{i}"]}) for i in range(10)])
     assert engine.cache_stats().size == 3
 
 
