@@ -38,6 +38,8 @@ MAX_HEAD_RETRIES = 3
 
 # A replica ends a grant only when the primary has not done so this long after the deadline.
 REPLICA_GRACE_MS = 150
+# The first removal attempt at a deadline; a slower target is retried once the grant is revoking.
+DEADLINE_REMOVE_TIMEOUT_S = 0.5
 FOLLOW_BATCH = 500
 
 
@@ -563,6 +565,7 @@ class GrantLedger:
                 live = self.state.grants.get(grant.id)
                 if live is None or live.state is not GrantState.ACTIVE or live.expires_ms > self.clock.now_ms():
                     return
+                await self._remove_at_deadline(live)
                 plan, moved = plan_end(live, "deadline", shard=self.shard, now_ms=self.clock.now_ms(), actor=SYSTEM, key_id=SYSTEM, reason="deadline reached")
                 await self._persist(plan)
         except Conflict as error:
@@ -575,6 +578,23 @@ class GrantLedger:
             self._retry_expiry(grant)
             return
         self._start_removal(moved, took_over=self.role == "replica")
+
+    async def _remove_at_deadline(self, grant: GrantRecord) -> None:
+        """Try once to remove the access of a grant at its deadline, before the revoking transition is stored.
+
+        The access must be gone at the deadline, and storing the transition first would add a
+        Redis round trip before it. A crash before that transition leaves the grant active past
+        its deadline, so it is ended again on load; removal is idempotent. A failure here is left
+        to `_finish_removal`, which retries with backoff.
+        """
+        async with self._lock_for(self._entitlement_locks, grant.entitlement):
+            if self.state.has_other_active(grant.entitlement, grant.id):
+                return
+            provisioner = self.provisioners.get(grant.provisioner, RecordProvisioner())
+            try:
+                await asyncio.wait_for(provisioner.remove(*grant.entitlement), DEADLINE_REMOVE_TIMEOUT_S)
+            except (ProvisionerError, asyncio.TimeoutError) as error:
+                logger.info("removing grant %s at its deadline failed (%r); retrying after the transition", grant.id, error)
 
     def _retry_expiry(self, grant: GrantRecord) -> None:
         live = self.state.grants.get(grant.id)
