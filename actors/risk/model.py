@@ -41,6 +41,8 @@ HOLDOUT_FRACTION = 0.2
 
 # Raw id that no vocabulary contains: missing attributes and non-numeric values.
 MISSING_ID = np.iinfo(np.int64).min
+# Raw ids at or above this parse as MISSING_ID.
+MAX_RAW_ID = 2**62
 
 # Features as tuples of column positions in COLUMNS. ROLE_CODE is left out because
 # it is a one-to-one relabelling of ROLE_TITLE in the data.
@@ -306,7 +308,7 @@ class RiskModel:
         A value that is not a plain decimal integer, such as "postgres://prod/orders",
         and a missing attribute map to the feature's unknown slot.
         """
-        columns = {name: np.fromiter((parse_id(row.get(name)) for row in rows), dtype=np.int64, count=len(rows)) for name in COLUMNS}
+        columns = {name: parse_ids([row.get(name) for row in rows]) for name in COLUMNS}
         return self.encode_columns(columns)
 
     def _column_codes(self, name: str, vocabulary: np.ndarray, values: np.ndarray | None, n_rows: int) -> np.ndarray:
@@ -455,6 +457,28 @@ def _common_length(columns: Mapping[str, np.ndarray]) -> int:
     return distinct.pop()
 
 
+def parse_ids(values: Sequence[object]) -> np.ndarray:
+    """Return `parse_id` of every value as an int64 array.
+
+    When every value is a string of ASCII digits, one `int()` pass replaces the per-value
+    checks, which matters for the API's bulk calls.
+    """
+    try:
+        joined = "".join(values)  # type: ignore[arg-type]
+    except TypeError:  # a value that is not a string
+        joined = ""
+    if joined.isascii() and joined.encode().isdigit():
+        try:
+            # int("") raises ValueError, and a value past the int64 range OverflowError.
+            ids = np.fromiter(map(int, values), np.int64, len(values))  # type: ignore[arg-type]
+        except (ValueError, OverflowError):
+            pass
+        else:
+            ids[ids >= MAX_RAW_ID] = MISSING_ID
+            return ids
+    return np.fromiter(map(parse_id, values), np.int64, len(values))
+
+
 def parse_id(value: object) -> int:
     """Parse a raw category id from an API attribute, or return MISSING_ID."""
     if isinstance(value, bool):
@@ -468,7 +492,7 @@ def parse_id(value: object) -> int:
         number = int(text)
     else:
         return MISSING_ID
-    if not 0 <= number < 2**62:
+    if not 0 <= number < MAX_RAW_ID:
         return MISSING_ID
     return number
 

@@ -18,6 +18,7 @@ from actors.risk.model import (
     holdout_indices,
     load_labelled_csv,
     parse_id,
+    parse_ids,
     roc_auc,
     train,
 )
@@ -63,6 +64,25 @@ def test_parse_id_accepts_integers_and_digit_strings():
 def test_parse_id_maps_other_values_to_missing():
     for value in ("postgres://prod/orders", "", "-5", "1e3", "١٢", None, True, 3.0, ["1"], "9" * 40):
         assert parse_id(value) == MISSING_ID, value
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["12345", "7", "0"],
+        ["12345", " 42 "],
+        ["12345", ""],
+        ["12345", "-5", "1_000"],
+        ["12345", "١٢"],
+        ["12345", "4611686018427387904"],
+        ["12345", "9" * 40],
+        ["12345", 7, None, True],
+        [],
+    ],
+)
+def test_parse_ids_same_as_parse_id(values):
+    assert parse_ids(values).tolist() == [parse_id(value) for value in values]
+    assert parse_ids(values).dtype == np.int64
 
 
 def test_encode_unknown_values_use_unknown_slot(small_model):

@@ -179,3 +179,80 @@ def test_scorer_survives_new_event_loop(scorer):
     second = asyncio.run(scorer.score([make_item("erin", now_ms=NOW_MS + 1000)]))
     assert len(first) == len(second) == 1
     assert second[0]["risk_score"] > first[0]["risk_score"]
+
+
+def as_columns(items: list[dict]) -> dict:
+    """Turn `score` items into the columns of `score_requests`; absent attributes become None."""
+    names = sorted({name for item in items for name in item["principal_attributes"]})
+    columns = {name: [item[name] for item in items] for name in items[0] if name != "principal_attributes"}
+    columns["principal_attributes"] = {name: [item["principal_attributes"].get(name) for item in items] for name in names}
+    return columns
+
+
+def mixed_items() -> list[dict]:
+    return [
+        make_item(),
+        make_item("bob", device_posture="unmanaged", hour_utc=23, duration_s=14400),
+        make_item("carol", resource="postgres://prod/orders", principal_attributes={"mgr_id": 1540}),
+        make_item("dave", principal_attributes={}),
+        make_item("alice", now_ms=NOW_MS + 1000, principal_attributes={"role_code": " 117880", "mgr_id": "x"}),
+    ]
+
+
+def test_score_requests_same_as_score():
+    expected = asyncio.run(RiskScorer(str(COMMITTED_MODEL)).score(mixed_items()))
+    columnar = RiskScorer(str(COMMITTED_MODEL))
+    result = asyncio.run(columnar.score_requests(as_columns(mixed_items())))
+    assert result["risk_score"] == [row["risk_score"] for row in expected]
+    assert result["factors"] == [row["factors"] for row in expected]
+    assert result["model_version"] == columnar.version()
+    assert columnar.stats()["rows_scored"] == 5
+
+
+def test_score_requests_usual_duration_column(scorer):
+    items = [make_item(usual_duration_s=600), make_item("bob", usual_duration_s=86400)]
+    expected = asyncio.run(RiskScorer(str(COMMITTED_MODEL)).score(items))
+    result = asyncio.run(scorer.score_requests(as_columns(items)))
+    assert result["risk_score"] == [row["risk_score"] for row in expected]
+
+
+def test_score_requests_empty(scorer):
+    columns = {name: [] for name in ("principal", "resource", "role", "duration_s", "device_posture", "hour_utc", "now_ms")}
+    assert asyncio.run(scorer.score_requests(columns)) == {
+        "risk_score": [], "factors": [], "model_version": scorer.version(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"principal": ""}, "field 'principal'"),
+        ({"duration_s": 0}, "field 'duration_s': expected an integer >= 1"),
+        ({"hour_utc": True}, "field 'hour_utc'"),
+        ({"device_posture": "jailbroken"}, "field 'device_posture'"),
+        ({"principal_attributes": {"mgr_id": 1.5}}, "principal_attributes.mgr_id"),
+        ({"principal_attributes": {"role_code": "x" * 1000}}, "principal_attributes.role_code"),
+        ({"usual_duration_s": 0}, "field 'usual_duration_s'"),
+    ],
+)
+def test_score_requests_names_invalid_request(scorer, overrides, message):
+    items = [make_item(usual_duration_s=3600), make_item(**{"usual_duration_s": 3600, **overrides})]
+    with pytest.raises(ValueError, match=f"item 1: .*{message}"):
+        asyncio.run(scorer.score_requests(as_columns(items)))
+    assert scorer.stats()["principals_tracked"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda columns: columns.pop("role"), "missing column"),
+        (lambda columns: columns["hour_utc"].append(3), "same length"),
+        (lambda columns: columns["principal_attributes"]["mgr_id"].pop(), "same length"),
+        (lambda columns: columns.update(principal_attributes=["mgr_id"]), "dict of columns"),
+    ],
+)
+def test_score_requests_rejects_bad_columns(scorer, change, message):
+    columns = as_columns([make_item(), make_item("bob")])
+    change(columns)
+    with pytest.raises(ValueError, match=message):
+        asyncio.run(scorer.score_requests(columns))
