@@ -38,7 +38,9 @@ class PolicyActor:
     def decide(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Decide a batch of access requests given as dicts with the PolicyInput fields.
 
-        Raises PolicyInputError (a ValueError) for the first invalid item, naming its index.
+        Items that get the same decision object from the engine share one result dict, so
+        callers must not modify the dicts. Raises PolicyInputError (a ValueError) for the
+        first invalid item, naming its index.
         """
         inputs = []
         for index, item in enumerate(items):
@@ -46,7 +48,16 @@ class PolicyActor:
                 inputs.append(PolicyInput.from_dict(item))
             except (ValueError, TypeError) as error:
                 raise type(error)(f"item {index}: {error}") from None
-        return [decision.to_dict() for decision in self._engine.decide_batch(inputs)]
+        results: list[dict[str, Any]] = []
+        # Keyed by id(): the decisions stay alive in `decisions` for the whole loop.
+        dicts_by_decision: dict[int, dict[str, Any]] = {}
+        decisions = self._engine.decide_batch(inputs)
+        for decision in decisions:
+            result = dicts_by_decision.get(id(decision))
+            if result is None:
+                result = dicts_by_decision[id(decision)] = decision.to_dict()
+            results.append(result)
+        return results
 
     def may_review(
         self, reviewer: str, reviewer_attributes: Mapping[str, Any], item: dict[str, Any]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import operator
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -99,19 +100,15 @@ class PolicyInput:
     def __post_init__(self) -> None:
         _check_id("principal", self.principal)
         _check_id("resource", self.resource)
-        if not isinstance(self.principal_attributes, Mapping):
+        if not _is_mapping(self.principal_attributes):
             raise PolicyInputError(f"principal_attributes must be a mapping, got {type(self.principal_attributes).__name__}")
-        if not isinstance(self.resource_attributes, Mapping):
+        if not _is_mapping(self.resource_attributes):
             raise PolicyInputError(f"resource_attributes must be a mapping, got {type(self.resource_attributes).__name__}")
         if self.role not in ROLES:
             raise PolicyInputError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
         if not _is_int(self.duration_s) or self.duration_s <= 0:
             raise PolicyInputError(f"duration_s must be a positive integer, got {self.duration_s!r}")
-        if (
-            isinstance(self.risk_score, bool)
-            or not isinstance(self.risk_score, numbers.Real)
-            or not 0.0 <= self.risk_score <= 100.0
-        ):
+        if not _is_real(self.risk_score) or not 0.0 <= self.risk_score <= 100.0:
             raise PolicyInputError(f"risk_score must be a number from 0 to 100, got {self.risk_score!r}")
         if self.device_posture not in DEVICE_POSTURES:
             raise PolicyInputError(
@@ -130,16 +127,15 @@ class PolicyInput:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PolicyInput:
         """Build an input from a plain dict with exactly the dataclass fields."""
-        if not isinstance(data, Mapping):
+        if not _is_mapping(data):
             raise PolicyInputError(f"a policy input must be a mapping, got {type(data).__name__}")
-        names = _INPUT_FIELDS
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise PolicyInputError(f"unknown policy input field(s): {', '.join(unknown)}")
-        missing = [name for name in names if name not in data]
-        if missing:
+        if data.keys() != _INPUT_FIELD_SET:
+            unknown = sorted(set(data) - _INPUT_FIELD_SET)
+            if unknown:
+                raise PolicyInputError(f"unknown policy input field(s): {', '.join(unknown)}")
+            missing = [name for name in _INPUT_FIELDS if name not in data]
             raise PolicyInputError(f"missing policy input field(s): {', '.join(missing)}")
-        return cls(**{name: data[name] for name in names})
+        return cls(*_input_values(data))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +153,24 @@ class PolicyInput:
 
 
 _INPUT_FIELDS = tuple(f.name for f in fields(PolicyInput))
+_INPUT_FIELD_SET = frozenset(_INPUT_FIELDS)
+# Field values of a dict, in the order of the PolicyInput constructor.
+_input_values = operator.itemgetter(*_INPUT_FIELDS)
+
+
+def _risk_tenths(item: PolicyInput) -> int:
+    return risk_to_tenths(item.risk_score)
+
+
+# The value of each context attribute for an input.
+_CONTEXT_GETTERS: dict[str, Callable[[PolicyInput], Any]] = {
+    "role": operator.attrgetter("role"),
+    "duration_s": operator.attrgetter("duration_s"),
+    "risk_tenths": _risk_tenths,
+    "device_posture": operator.attrgetter("device_posture"),
+    "hour_utc": operator.attrgetter("hour_utc"),
+    "source": operator.attrgetter("source"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +212,7 @@ class CacheStats:
 # compare with constants as the index of their interval between those constants.
 EvaluationKey = tuple[str | None, tuple, str | None, tuple, tuple]
 
-# The context record of `request` and `auto_approve`, in the order of `_context_values`.
+# The context record of `request` and `auto_approve`.
 CONTEXT_ATTRIBUTES = ("role", "duration_s", "risk_tenths", "device_posture", "hour_utc", "source")
 CONTEXT_TYPES = {"duration_s": "Long", "risk_tenths": "Long", "hour_utc": "Long"}
 
@@ -213,49 +227,78 @@ class _KeyBuilder:
     def __init__(self, bundle: PolicyBundle, reads: PolicyReads) -> None:
         self.principal_id = reads.principal.entity_id
         self.resource_id = reads.resource.entity_id
-        self.user_specs = _attribute_key_specs(bundle.user_attributes, reads.principal)
-        self.resource_specs = _attribute_key_specs(bundle.resource_attributes, reads.resource)
+        self.user_specs = _attribute_key_specs(bundle.user_attributes, reads.principal, "principal_attributes")
+        self.resource_specs = _attribute_key_specs(bundle.resource_attributes, reads.resource, "resource_attributes")
         self.context_specs = tuple(
-            (position, reads.context.cut_points(name) if CONTEXT_TYPES.get(name) == "Long" else None)
-            for position, name in enumerate(CONTEXT_ATTRIBUTES)
+            (_CONTEXT_GETTERS[name], reads.context.cut_points(name) if CONTEXT_TYPES.get(name) == "Long" else None)
+            for name in CONTEXT_ATTRIBUTES
             if reads.context.reads(name)
         )
 
     def key(self, item: PolicyInput) -> EvaluationKey:
-        values = _context_values(item)
-        context = tuple(
-            values[position] if cut_points is None else bucket(values[position], cut_points)
-            for position, cut_points in self.context_specs
-        )
-        return (
-            item.principal if self.principal_id else None,
-            _attribute_key(self.user_specs, item.principal_attributes, "principal_attributes"),
-            item.resource if self.resource_id else None,
-            _attribute_key(self.resource_specs, item.resource_attributes, "resource_attributes"),
-            context,
-        )
+        return self.keys([item])[0]
+
+    def keys(self, items: Sequence[PolicyInput]) -> list[EvaluationKey]:
+        """Return the keys of `items`, computing the key part of each attributes mapping once.
+
+        Callers usually pass one mapping object for all requests on a resource, so the
+        parts are looked up by id(), which stays valid while `items` references the mappings.
+        """
+        principal_parts: dict[int, tuple] = {}
+        resource_parts: dict[int, tuple] = {}
+        keys = []
+        for item in items:
+            principal_part = principal_parts.get(id(item.principal_attributes))
+            if principal_part is None:
+                principal_part = _attribute_key(self.user_specs, item.principal_attributes)
+                principal_parts[id(item.principal_attributes)] = principal_part
+            resource_part = resource_parts.get(id(item.resource_attributes))
+            if resource_part is None:
+                resource_part = _attribute_key(self.resource_specs, item.resource_attributes)
+                resource_parts[id(item.resource_attributes)] = resource_part
+            context = tuple([
+                value_of(item) if cut_points is None else bucket(value_of(item), cut_points)
+                for value_of, cut_points in self.context_specs
+            ])
+            keys.append((
+                item.principal if self.principal_id else None,
+                principal_part,
+                item.resource if self.resource_id else None,
+                resource_part,
+                context,
+            ))
+        return keys
 
 
-# (name, spec, read by the policies, cut points or None for the exact value)
-_AttributeKeySpec = tuple[str, "AttributeSpec", bool, tuple[int, ...] | None]
+# (name, spec, read by the policies, cut points or None for the exact value, name in errors)
+_AttributeKeySpec = tuple[str, "AttributeSpec", bool, tuple[int, ...] | None, str]
 
 
-def _attribute_key_specs(declared: Mapping[str, AttributeSpec], reads: VariableReads) -> tuple[_AttributeKeySpec, ...]:
+def _attribute_key_specs(
+    declared: Mapping[str, AttributeSpec], reads: VariableReads, where: str
+) -> tuple[_AttributeKeySpec, ...]:
     return tuple(
-        (name, spec, reads.reads(name), reads.cut_points(name) if spec.cedar_type == "Long" else None)
+        (
+            name,
+            spec,
+            reads.reads(name),
+            reads.cut_points(name) if spec.cedar_type == "Long" else None,
+            f"{where}.{name}",
+        )
         for name, spec in declared.items()
     )
 
 
-def _attribute_key(specs: tuple[_AttributeKeySpec, ...], values: Mapping[str, AttributeValue], where: str) -> tuple:
+def _attribute_key(specs: tuple[_AttributeKeySpec, ...], values: Mapping[str, AttributeValue]) -> tuple:
     key = []
-    for name, spec, read, cut_points in specs:
+    for name, spec, read, cut_points, where in specs:
         value = values.get(name)
         if value is None:
             if spec.required:
-                raise PolicyInputError(f"{where}.{name} is missing and the policy schema requires it")
+                raise PolicyInputError(f"{where} is missing and the policy schema requires it")
             continue
-        value = spec.coerce(value, f"{where}.{name}")
+        if not (type(value) is str and spec.cedar_type == "String"):
+            value = spec.coerce(value, where)
         if read:
             key.append((name, value if cut_points is None else bucket(value, cut_points)))
     return tuple(key)
@@ -362,8 +405,7 @@ class PolicyEngine:
         decisions: list[PolicyDecision | None] = [None] * len(items)
         pending: dict[EvaluationKey, _Evaluation] = {}
         cache = self._cache
-        for index, item in enumerate(items):
-            key = self._keys.key(item)
+        for index, (item, key) in enumerate(zip(items, self._keys.keys(items), strict=True)):
             outcome = cache.get(key)
             if outcome is not None:
                 cache.move_to_end(key)
@@ -653,6 +695,15 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_mapping(value: object) -> bool:
+    # The exact type test first, because isinstance against an ABC is slow.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+def _is_real(value: object) -> bool:
+    return type(value) is float or (isinstance(value, numbers.Real) and not isinstance(value, bool))
+
+
 def _check_id(name: str, value: object) -> None:
     if not isinstance(value, str) or not value:
         raise PolicyInputError(f"{name} must be a non-empty string, got {value!r}")
@@ -679,20 +730,8 @@ def _entity_attributes(
     return tuple(result)
 
 
-def _context_values(item: PolicyInput) -> tuple[str, int, int, str, int, str]:
-    """Return the context record of `item` as values in the order of CONTEXT_ATTRIBUTES."""
-    return (
-        item.role,
-        item.duration_s,
-        risk_to_tenths(item.risk_score),
-        item.device_posture,
-        item.hour_utc,
-        item.source,
-    )
-
-
 def _context_json(item: PolicyInput) -> str:
-    return json.dumps(dict(zip(CONTEXT_ATTRIBUTES, _context_values(item), strict=True)))
+    return json.dumps({name: _CONTEXT_GETTERS[name](item) for name in CONTEXT_ATTRIBUTES})
 
 
 def _cedar_request(evaluation: _Evaluation, action: str) -> dict[str, Any]:
