@@ -1,0 +1,111 @@
+"""The bulk decisions path without Ray: risk columns and the body parsing of `POST /v1/decisions:batch`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from actors.domain.directory import ApiKey, ResourceEntry
+from actors.risk.actor import RiskScorer
+from cluster.app import create_app
+from cluster.decisions import DecisionItem, risk_columns
+from jitgate.models import DecisionBatchBody
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "configs" / "risk" / "model.npz"
+NOW_MS = 1_780_000_000_000
+
+
+def make_item(principal: str, attributes: dict, resource: str = "amazon:17183", **changes) -> DecisionItem:
+    values = dict(
+        principal=principal, principal_attributes=attributes, resource=resource,
+        resource_entry=ResourceEntry(pattern="*", usual_duration_s=1800), role="read", duration_s=3600,
+        device_posture="managed", hour_utc=10, source="api", now_ms=NOW_MS,
+    )
+    values.update(changes)
+    return DecisionItem(**values)
+
+
+def test_risk_columns_score_as_risk_input():
+    items = [
+        make_item("alice", {"mgr_id": "1540", "role_rollup_1": "117961", "department": "payments"}),
+        make_item("bob", {"mgr_id": 1540, "groups": ["sre"], "on_call": True}, device_posture="unknown"),
+        make_item("carol", {}, resource="postgres://prod/orders", hour_utc=23, duration_s=14400),
+        make_item("alice", {"role_code": "117880"}, now_ms=NOW_MS + 1000),
+    ]
+    expected = asyncio.run(RiskScorer(str(MODEL)).score([item.risk_input() for item in items]))
+    result = asyncio.run(RiskScorer(str(MODEL)).score_requests(risk_columns(items)))
+    assert result["risk_score"] == [row["risk_score"] for row in expected]
+    assert result["factors"] == [row["factors"] for row in expected]
+
+
+class FakeService:
+    """The parts of AccessService that the decisions route uses; records the bodies it gets."""
+
+    def __init__(self) -> None:
+        self.settings = SimpleNamespace(max_body_bytes=1_048_576)
+        self.bodies: list[DecisionBatchBody] = []
+
+    def authenticate(self, authorization: str | None) -> ApiKey:
+        return ApiKey(key_id="k", principal="alice", scopes=frozenset({"request"}), sha256="")
+
+    async def decide_many(self, caller: ApiKey, body: DecisionBatchBody) -> dict:
+        self.bodies.append(body)
+        return {"decisions": [{"effect": "allow"} for _ in body.requests]}
+
+
+def post(service: FakeService, content: bytes) -> httpx.Response:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(lambda: service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post(
+                "/v1/decisions:batch", content=content,
+                headers={"Content-Type": "application/json", "Authorization": "Bearer x"},
+            )
+
+    return asyncio.run(run())
+
+
+REQUEST = {"principal": "alice", "resource": "amazon:1", "role": "read", "duration_s": 600,
+           "context": {"device_posture": "managed", "hour_utc": 3}}
+
+
+def test_batch_route_validates_body():
+    service = FakeService()
+    response = post(service, json.dumps({"requests": [REQUEST, {**REQUEST, "principal": "bob"}]}).encode())
+    assert response.status_code == 200, response.text
+    assert response.json() == {"decisions": [{"effect": "allow"}, {"effect": "allow"}]}
+    body = service.bodies[0]
+    assert isinstance(body, DecisionBatchBody)
+    assert [entry.principal for entry in body.requests] == ["alice", "bob"]
+    assert body.requests[0].context.hour_utc == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "field", "detail"),
+    [
+        (b"{not json", "1", "1: JSON decode error (got {})"),
+        (json.dumps({"requests": [{**REQUEST, "duration_s": 0}]}).encode(), "requests.0.duration_s",
+         "requests.0.duration_s: Input should be greater than 0 (got 0)"),
+        (json.dumps({"requests": [{**REQUEST, "sudo": True}]}).encode(), "requests.0.sudo",
+         "requests.0.sudo: Extra inputs are not permitted (got True)"),
+        (b'{"requests": [{"principal": "a", "resource": "r", "role": "read", "duration_s": NaN}]}',
+         "requests.0.duration_s", "requests.0.duration_s: Input should be a valid integer (got nan)"),
+        (json.dumps({"requests": []}).encode(), "requests", None),
+    ],
+)
+def test_batch_route_invalid_body_is_400(content, field, detail):
+    service = FakeService()
+    response = post(service, content)
+    assert response.status_code == 400, response.text
+    problem = response.json()
+    assert problem["code"] == "invalid_input"
+    assert problem["field"] == field
+    if detail is not None:
+        assert problem["detail"] == detail
+    assert service.bodies == []
