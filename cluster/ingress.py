@@ -7,6 +7,7 @@ args are `Settings` fields as JSON values.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 from ray import serve
@@ -88,6 +89,12 @@ class Ingress:
         )
         set_replica(self.service, serve.get_replica_context().replica_id.unique_id)
         asyncio.get_event_loop().create_task(self.service.start())
+        # Keep the start-up objects (Ray, FastAPI, pydantic schemas, catalogs, models) out of
+        # garbage collection, because full collections scan them all and batches of decisions
+        # set one off every few calls. In one process with 270,000 such objects, freezing them
+        # raised bulk decisions from about 24,000 to 34,000 rows per CPU second.
+        gc.collect()
+        gc.freeze()
 
     async def check_columns(self, principals: list[str], resources: list[str], roles: list[str]) -> dict[str, list]:
         """Run many checks for in-cluster callers of a `DeploymentHandle`, without HTTP.
