@@ -13,11 +13,13 @@ import logging
 import uuid
 from typing import Any
 
+import numpy as np
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from actors.domain.audit import canonical_json
 from actors.domain.clock import Clock, SystemClock, hour_utc
+from actors.domain.columns import Column
 from actors.domain.directory import ApiKey, ApiKeyRing, PrincipalDirectory, ResourceCatalog
 from actors.domain.durations import validate_requested_duration
 from actors.domain.ids import new_request_id
@@ -26,6 +28,7 @@ from actors.ledger.plan import INVALIDATION_CHANNEL
 from actors.ledger.redis_store import unavailable
 from actors.provisioners.redis_acl import RedisAclProvisioner, key_prefix
 from cluster.backends import policy_shard_of
+from cluster.batch_checks import BatchChecks
 from cluster.batching import AdaptiveBatcher
 from cluster.check_cache import CheckCache
 from cluster.decisions import DecisionItem, decide_batch
@@ -67,6 +70,7 @@ class AccessService:
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.reader = RedisReader(self.redis, ledger_shards=settings.ledger_shards)
         self.cache = CheckCache(settings.check_cache_ttl_ms)
+        self.batch_checks = BatchChecks(backends, directory, settings.ledger_shards, self.clock.now_ms)
         self.event_sources = event_sources or {}
         self._decisions = AdaptiveBatcher(self._decide_items, max_batch=1024, max_in_flight=2)
         self._submitters = [
@@ -379,30 +383,17 @@ class AccessService:
         return {"allowed": allowed, "grant_id": grant_id, "expires_at": to_iso(expires_ms)}
 
     async def check_batch(self, caller: ApiKey, body: CheckBatchBody) -> dict[str, Any]:
-        count = len(body.principals)
-        if len(body.resources) != count or len(body.roles) != count:
-            raise InvalidInput(
-                f"principals, resources and roles must have the same length, got {count}, {len(body.resources)} and {len(body.roles)}",
-                field="resources",
-            )
-        shards = self.settings.ledger_shards
-        principals = [self.canonical(p) for p in body.principals]
-        by_shard: dict[int, list[int]] = {}
-        for index, principal in enumerate(principals):
-            by_shard.setdefault(ledger_shard(principal, shards), []).append(index)
-        expires = [0] * count
+        allowed, expires_ms = await self.check_columns(body.principals, body.resources, body.roles)
+        return {"allowed": allowed.tolist(), "expires_at_ms": expires_ms.tolist()}
 
-        async def run(shard: int, indexes: list[int]) -> None:
-            found = await self.backends.ledger_read(
-                shard, "check_many", [principals[i] for i in indexes], [body.resources[i] for i in indexes],
-                [body.roles[i] for i in indexes],
-            )
-            for i, value in zip(indexes, found):
-                expires[i] = value
+    async def check_columns(self, principals: Column, resources: Column, roles: Column) -> tuple[np.ndarray, np.ndarray]:
+        """Check many (principal, resource, role) triples in one call per ledger shard, without the check cache.
 
-        await asyncio.gather(*(run(shard, indexes) for shard, indexes in by_shard.items()))
-        now_ms = self.clock.now_ms()
-        return {"allowed": [value > now_ms for value in expires], "expires_at_ms": expires}
+        Element i of each column is one check, and a column is a list or a packed column
+        (`actors.domain.columns`). Returns `allowed` as a bool array and `expires_at_ms` as an
+        int64 array, 0 where the ledger found no active grant.
+        """
+        return await self.batch_checks.check(principals, resources, roles)
 
     async def decide_many(self, caller: ApiKey, body: DecisionBatchBody) -> dict[str, Any]:
         self.require_scope(caller, "request")

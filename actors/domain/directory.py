@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,11 @@ class PrincipalDirectory:
         """Map any alias or letter-case variant to the canonical principal id."""
         folded = name.strip().casefold()
         return self._alias_to_id.get(folded, folded)
+
+    def canonical_many(self, names: Iterable[str]) -> list[str]:
+        """Return `canonical` of each name, with the per-name work in C (`map` over str and dict methods)."""
+        folded = list(map(str.casefold, map(str.strip, names)))
+        return list(map(self._alias_to_id.get, folded, folded))
 
     def attributes(self, canonical_id: str) -> dict[str, Any]:
         principal = self._by_id.get(canonical_id.casefold())

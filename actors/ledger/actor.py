@@ -13,10 +13,12 @@ import secrets
 import weakref
 from typing import Any
 
+import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from actors.domain.clock import Clock, SystemClock
+from actors.domain.columns import Column, unpack_column
 from actors.domain.lifecycle import GrantRecord, RequestRecord
 from actors.ledger.grants import SYSTEM, plan_end, plan_extend, plan_removed
 from actors.ledger.plan import Plan, idempotency_key, shard_key
@@ -441,15 +443,14 @@ class GrantLedger:
             return {"allowed": False, "grant_id": None, "expires_ms": None}
         return {"allowed": True, "grant_id": grant.id, "expires_ms": grant.expires_ms}
 
-    async def check_many(self, principals: list[str], resources: list[str], roles: list[str]) -> list[int]:
-        """Expiry (epoch ms) of the active grant for each triple, or 0 when there is none."""
+    async def check_entitlements(self, keys: Column) -> np.ndarray:
+        """Return the expires_ms of the active grant of each entitlement key as an int64 array, 0 where there is none.
+
+        `keys` is a packed column or a list of `actors.domain.columns.entitlement_keys` keys of
+        canonical entitlements. A grant whose expires_ms is not after this actor's clock counts as none.
+        """
         await self._loaded.wait()
-        now_ms = self.clock.now_ms()
-        found = []
-        for entitlement in zip(principals, resources, roles):
-            grant = self.state.active_grant(entitlement, now_ms)
-            found.append(grant.expires_ms if grant else 0)
-        return found
+        return self.state.active_expiries(unpack_column(keys, "keys"), self.clock.now_ms())
 
     async def credentials(self, grant_id: str, caller: str) -> dict[str, str]:
         grant = await self._live_grant(grant_id)

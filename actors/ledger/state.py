@@ -7,7 +7,12 @@ accepted the plan.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
+from itertools import repeat
 
+import numpy as np
+
+from actors.domain.columns import FIELD_SEPARATOR
 from actors.domain.lifecycle import GrantRecord, RequestRecord
 from actors.ledger.plan import Plan
 from jitgate.models import GrantState, RequestState
@@ -22,6 +27,9 @@ class ShardState:
         self.pending: dict[str, RequestRecord] = {}
         self.grants: dict[str, GrantRecord] = {}  # active and revoking
         self.entitlements: dict[Entitlement, set[str]] = {}  # active grant ids only
+        # Latest expires_ms of the active grants of each entitlement in `entitlements`, by
+        # `entitlement_keys` key, for batch checks.
+        self.latest_expiry: dict[str, int] = {}
         self._expiry_heap: list[tuple[int, str]] = []
         self._review_heap: list[tuple[int, str]] = []
         # Last applied version per record id, so a late copy of an older version is ignored.
@@ -70,8 +78,12 @@ class ShardState:
         else:
             self.grants.pop(grant.id, None)
             holders.discard(grant.id)
-        if not holders:
+        key = FIELD_SEPARATOR.join(grant.entitlement)
+        if holders:
+            self.latest_expiry[key] = max(self.grants[holder].expires_ms for holder in holders)
+        else:
             self.entitlements.pop(grant.entitlement, None)
+            self.latest_expiry.pop(key, None)
 
     def requeue_expiry(self, grant: GrantRecord) -> None:
         heapq.heappush(self._expiry_heap, (grant.expires_ms, grant.id))
@@ -84,6 +96,16 @@ class ShardState:
             if grant.expires_ms > now_ms and (best is None or grant.expires_ms > best.expires_ms):
                 best = grant
         return best
+
+    def active_expiries(self, keys: Sequence[str], now_ms: int) -> np.ndarray:
+        """Return the expires_ms of `active_grant` for each entitlement key as an int64 array, 0 where there is none.
+
+        Keys are built by `actors.domain.columns.entitlement_keys`. The lookups run in C (`map`
+        over `dict.get`), without a Python call per key.
+        """
+        found = np.fromiter(map(self.latest_expiry.get, keys, repeat(0)), np.int64, count=len(keys))
+        found[found <= now_ms] = 0
+        return found
 
     def has_other_active(self, entitlement: Entitlement, grant_id: str) -> bool:
         return any(other != grant_id for other in self.entitlements.get(entitlement, ()))
