@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,16 @@ def test_actor_decides_batch(policy_actor):
     assert results[0]["max_duration_s"] == 28800
     assert results[1]["required_approvals"] == 1
     assert isinstance(results[2]["reasons"], list)
+
+
+def test_actor_decides_packed_batch(policy_actor):
+    items = [REQUEST, {**REQUEST, "risk_score": 60.0}, REQUEST, {**REQUEST, "risk_score": 99.0}]
+    expected = ray.get(policy_actor.decide.remote(items), timeout=60)
+    packed = ray.get(policy_actor.decide_packed.remote(pickle.dumps(items)), timeout=60)
+    table, indexes = pickle.loads(packed)
+    assert [table[index] for index in indexes] == expected
+    assert len(table) == 3
+    assert indexes[0] == indexes[2]
 
 
 def test_actor_rejects_invalid_item(policy_actor):

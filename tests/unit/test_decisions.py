@@ -11,13 +11,16 @@ import httpx
 import pytest
 
 from actors.domain.directory import ApiKey, ResourceEntry
+from actors.policy.actor import PolicyActor
 from actors.risk.actor import RiskScorer
 from cluster.app import create_app
-from cluster.decisions import DecisionItem, risk_columns
+from cluster.backends import policy_shard_of
+from cluster.decisions import DecisionItem, decide_batch, risk_columns
 from jitgate.models import DecisionBatchBody
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "configs" / "risk" / "model.npz"
+POLICIES = REPO / "configs" / "policies"
 NOW_MS = 1_780_000_000_000
 
 
@@ -42,6 +45,44 @@ def test_risk_columns_score_as_risk_input():
     result = asyncio.run(RiskScorer(str(MODEL)).score_requests(risk_columns(items)))
     assert result["risk_score"] == [row["risk_score"] for row in expected]
     assert result["factors"] == [row["factors"] for row in expected]
+
+
+class InProcessBackends:
+    """The risk and policy calls of `decide_batch`, made on actor classes in this process."""
+
+    def __init__(self, policy_shards: int) -> None:
+        self.scorer = RiskScorer(str(MODEL))
+        self.policies = [PolicyActor(str(POLICIES), 43200, shard) for shard in range(policy_shards)]
+
+    async def risk(self, method: str, *args):
+        return await getattr(self.scorer, method)(*args)
+
+    async def policy(self, shard: int, method: str, *args):
+        return getattr(self.policies[shard], method)(*args)
+
+
+def test_decide_batch_same_as_unpacked_calls():
+    items = [
+        make_item("alice", {"mgr_id": "1540", "role_rollup_1": "117961"}),
+        make_item("bob", {"mgr_id": "1540"}, resource="amazon:4675", duration_s=43200),
+        make_item("carol", {}, resource="postgres://prod/orders", hour_utc=23, device_posture="unmanaged"),
+        make_item("alice", {"mgr_id": "1540", "role_rollup_1": "117961"}, now_ms=NOW_MS + 1000),
+    ]
+    backends = InProcessBackends(policy_shards=2)
+    decisions = asyncio.run(decide_batch(backends, items, policy_shards=2))
+
+    reference = InProcessBackends(policy_shards=2)
+    risk = asyncio.run(reference.scorer.score_requests(risk_columns(items)))
+    assert [decision["risk_score"] for decision in decisions] == risk["risk_score"]
+    assert [decision["factors"] for decision in decisions] == risk["factors"]
+    for item, decision, risk_score in zip(items, decisions, risk["risk_score"], strict=True):
+        shard = policy_shard_of(item.resource, 2)
+        [policy] = reference.policies[shard].decide([item.policy_input(risk_score)])
+        assert decision["effect"] == policy["effect"]
+        assert decision["reasons"] == policy["reasons"]
+        assert decision["max_duration_s"] == policy["max_duration_s"]
+        assert decision["policy_version"] == policy["policy_version"]
+        assert decision["model_version"] == risk["model_version"]
 
 
 class FakeService:

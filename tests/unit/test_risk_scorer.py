@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,18 @@ def test_score_requests_same_as_score():
     assert result["factors"] == [row["factors"] for row in expected]
     assert result["model_version"] == columnar.version()
     assert columnar.stats()["rows_scored"] == 5
+
+
+def test_score_requests_packed_same_as_score_requests():
+    expected = asyncio.run(RiskScorer(str(COMMITTED_MODEL)).score_requests(as_columns(mixed_items())))
+    packed = asyncio.run(RiskScorer(str(COMMITTED_MODEL)).score_requests_packed(pickle.dumps(as_columns(mixed_items()))))
+    assert pickle.loads(packed) == expected
+
+
+def test_score_requests_packed_names_invalid_request(scorer):
+    columns = as_columns([make_item(), make_item("bob", duration_s=0)])
+    with pytest.raises(ValueError, match="item 1: field 'duration_s'"):
+        asyncio.run(scorer.score_requests_packed(pickle.dumps(columns)))
 
 
 def test_score_requests_usual_duration_column(scorer):
