@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from actors.domain.columns import SEPARATOR, Column, entitlement_keys, same_lengths, unpack_column
 from actors.domain.directory import PrincipalDirectory
 from actors.ledger import ledger_shards
+from cluster.check_cache import CheckCache
 from jitgate.errors import InvalidInput
 from jitgate.models import MAX_ITEMS_PER_BATCH
 
@@ -58,11 +59,13 @@ class PrincipalRoutes:
 
 
 class BatchChecks:
-    """Answer many checks with one `check_columns` call per ledger shard that has any of them."""
+    """Run many checks against the replica's check cache, and the rest with one call per ledger shard."""
 
-    def __init__(self, backends: Any, directory: PrincipalDirectory, shards: int, now_ms: Callable[[], int]) -> None:
+    def __init__(self, backends: Any, directory: PrincipalDirectory, shards: int, now_ms: Callable[[], int],
+                 cache: CheckCache) -> None:
         self.backends = backends
         self.routes = PrincipalRoutes(directory, shards)
+        self.cache = cache
         self._now_ms = now_ms
 
     async def check(self, principals: Column, resources: Column, roles: Column) -> tuple[np.ndarray, np.ndarray]:
@@ -75,25 +78,32 @@ class BatchChecks:
         count = same_lengths(columns)
         if count > MAX_ITEMS_PER_BATCH:
             raise InvalidInput(
-                f"a check batch holds at most {MAX_ITEMS_PER_BATCH} checks, got {count}; split it",
+                f"a check batch may contain at most {MAX_ITEMS_PER_BATCH} checks, got {count}. Split it into smaller batches.",
                 field="principals", value=count, limit=MAX_ITEMS_PER_BATCH,
             )
         canonical, shard_of = self.routes.route(columns["principals"])
         keys = entitlement_keys(canonical, columns["resources"], columns["roles"])
-        expires_ms = np.zeros(count, np.int64)
-        shards = np.unique(shard_of).tolist()
-        await asyncio.gather(*(self._ask_shard(shard, np.flatnonzero(shard_of == shard), keys, expires_ms) for shard in shards))
+
+        now_ms = self._now_ms()
+        hit, expires_ms = self.cache.get_many(keys, now_ms)
+        missing = np.flatnonzero(~hit)
+        if len(missing):
+            generation = self.cache.generation
+            missing_keys = _take(keys, missing)
+            missing_shards = shard_of[missing]
+            found = np.zeros(len(missing), np.int64)
+            await asyncio.gather(*(
+                self._ask_shard(shard, np.flatnonzero(missing_shards == shard), missing_keys, found)
+                for shard in np.unique(missing_shards).tolist()
+            ))
+            expires_ms[missing] = found
+            self.cache.put_many(missing_keys, found, now_ms=now_ms, generation=generation)
+        # Compared again here, so a result from the cache or a ledger is never true past its expiry.
         return expires_ms > self._now_ms(), expires_ms
 
-    async def _ask_shard(self, shard: int, indexes: np.ndarray, keys: list[str], expires_ms: np.ndarray) -> None:
-        """Send the shard its entitlement keys as a packed column and write its answers into `expires_ms`."""
-        if len(indexes) == len(keys):
-            picked = keys
-        elif len(indexes) == 1:
-            picked = [keys[indexes[0]]]
-        else:
-            picked = operator.itemgetter(*indexes.tolist())(keys)
-        found = await self.backends.ledger_read(shard, "check_entitlements", SEPARATOR.join(picked))
+    async def _ask_shard(self, shard: int, indexes: np.ndarray, keys: Sequence[str], expires_ms: np.ndarray) -> None:
+        """Send the shard the keys at `indexes` as a packed column and write its results into `expires_ms`."""
+        found = await self.backends.ledger_read(shard, "check_entitlements", SEPARATOR.join(_take(keys, indexes)))
         if len(found) != len(indexes):
             # A value with the separator in it splits into two keys in the ledger.
             raise InvalidInput(
@@ -102,3 +112,12 @@ class BatchChecks:
                 field="principals",
             )
         expires_ms[indexes] = found
+
+
+def _take(values: Sequence[str], indexes: np.ndarray) -> Sequence[str]:
+    """Return the values at `indexes`, in C rather than a Python loop."""
+    if len(indexes) == len(values):
+        return values
+    if len(indexes) == 1:
+        return [values[int(indexes[0])]]
+    return operator.itemgetter(*indexes.tolist())(values)

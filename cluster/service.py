@@ -70,7 +70,7 @@ class AccessService:
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.reader = RedisReader(self.redis, ledger_shards=settings.ledger_shards)
         self.cache = CheckCache(settings.check_cache_ttl_ms)
-        self.batch_checks = BatchChecks(backends, directory, settings.ledger_shards, self.clock.now_ms)
+        self.batch_checks = BatchChecks(backends, directory, settings.ledger_shards, self.clock.now_ms, self.cache)
         self.event_sources = event_sources or {}
         self._decisions = AdaptiveBatcher(self._decide_items, max_batch=1024, max_in_flight=2)
         self._submitters = [
@@ -387,7 +387,7 @@ class AccessService:
         return {"allowed": allowed.tolist(), "expires_at_ms": expires_ms.tolist()}
 
     async def check_columns(self, principals: Column, resources: Column, roles: Column) -> tuple[np.ndarray, np.ndarray]:
-        """Check many (principal, resource, role) triples in one call per ledger shard, without the check cache.
+        """Check many (principal, resource, role) triples: from the check cache, the rest in one call per ledger shard.
 
         Element i of each column is one check, and a column is a list or a packed column
         (`actors.domain.columns`). Returns `allowed` as a bool array and `expires_at_ms` as an

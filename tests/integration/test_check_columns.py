@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +91,34 @@ def test_http_batch_rejects_bad_columns(cluster):
     separator = alice.post("/v1/check:batch", json={"principals": ["alice\x1fbob"], "resources": ["db"], "roles": ["read"]})
     assert 400 <= separator.status_code < 500, separator.text
     assert separator.json()["field"] == "principals.0"
+
+
+def test_revoke_reaches_cached_batches(cluster):
+    alice, admin = cluster.client("alice"), cluster.client("admin")
+    resource = f"redis://target/t{uuid.uuid4().hex[:10]}"
+    created = alice.post("/v1/requests", json={
+        "resource": resource, "role": "read", "duration_s": 600, "reason": "integration test",
+        "context": {"device_posture": "managed"},
+    })
+    assert created.status_code == 201, created.text
+    grant = created.json()["grant"]
+    body = {"principals": ["alice"], "resources": [resource], "roles": ["read"]}
+    replicas = set()
+    for _ in range(40):
+        response = admin.post("/v1/check:batch", json=body)
+        assert response.json()["allowed"] == [True]
+        replicas.add(response.headers["x-jitgate-replica"])
+    assert len(replicas) == 2, replicas
+
+    revoked = admin.post(f"/v1/grants/{grant['id']}/revoke", json={"reason": "incident over"})
+    assert revoked.status_code == 200, revoked.text
+
+    def all_replicas_deny() -> bool:
+        seen = {}
+        for _ in range(40):
+            response = admin.post("/v1/check:batch", json=body)
+            seen.setdefault(response.headers["x-jitgate-replica"], set()).add(response.json()["allowed"][0])
+        return len(seen) == 2 and all(values == {False} for values in seen.values())
+
+    # The cache TTL is 30 s in this cluster, so only the invalidation can make this pass in time.
+    wait_for(all_replicas_deny, timeout_s=5.0, message="every replica's batch check returns false after the revoke")

@@ -12,6 +12,7 @@ from actors.ledger.grants import plan_end, plan_extend, plan_removed
 from actors.ledger.requests import Submission, plan_submit
 from actors.ledger.state import ShardState
 from cluster.batch_checks import BatchChecks, PrincipalRoutes
+from cluster.check_cache import CheckCache
 from jitgate.errors import InvalidInput
 from jitgate.models import MAX_ITEMS_PER_BATCH
 
@@ -183,10 +184,10 @@ class StateBackends:
         return await GrantLedger.check_entitlements(self.ledgers[shard], *args)
 
 
-def batch_checks(shards: int = 2):
+def batch_checks(shards: int = 2, cache_ttl_ms: int = 0):
     clock = FakeClock()
     backends = StateBackends(shards, clock)
-    return BatchChecks(backends, directory(), shards, clock.now_ms), backends, clock
+    return BatchChecks(backends, directory(), shards, clock.now_ms, CheckCache(cache_ttl_ms)), backends, clock
 
 
 def test_batch_answers_in_input_order():
@@ -244,3 +245,37 @@ def test_batch_rejects_separator_in_value():
     checks, _, _ = batch_checks(shards=1)
     with pytest.raises(InvalidInput, match="U\\+001F"):
         asyncio.run(checks.check(["alice\x1fbob"], [RESOURCE], ["read"]))
+
+
+def test_cached_batch_skips_ledgers():
+    checks, backends, clock = batch_checks(shards=2, cache_ttl_ms=1_000)
+    grant = grant_for(backends.states[ledger_shard("alice", 2)], clock, "alice")
+    columns = (["alice", "bob"], [RESOURCE, RESOURCE], ["read", "read"])
+    first = asyncio.run(checks.check(*columns))
+    calls = len(backends.calls)
+    assert calls > 0
+    second = asyncio.run(checks.check(*columns))
+    assert len(backends.calls) == calls
+    assert second[0].tolist() == first[0].tolist() == [True, False]
+    assert second[1].tolist() == [grant.expires_ms, 0]
+
+
+def test_cached_batch_true_ends_at_expiry():
+    checks, backends, clock = batch_checks(shards=1, cache_ttl_ms=60_000)
+    grant_for(backends.states[0], clock, "alice", duration_s=10)
+    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [True]
+    clock.advance(9.999)
+    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [True]
+    clock.advance(0.001)
+    allowed, expires_ms = asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))
+    assert allowed.tolist() == [False]
+    assert expires_ms.tolist() == [0]
+
+
+def test_invalidation_reaches_cached_batch():
+    checks, backends, clock = batch_checks(shards=1, cache_ttl_ms=60_000)
+    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [False]
+    grant_for(backends.states[0], clock, "alice")
+    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [False]
+    checks.cache.invalidate(("alice", RESOURCE, "read"))
+    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [True]
