@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -120,6 +121,10 @@ class ResourceCatalog:
         self._entries = entries
         self._default = default
         self._cache: dict[str, ResourceEntry] = {}
+        # One regex for all patterns, one named group per entry: a single match call finds the
+        # first matching entry, where fnmatch would run one match per entry.
+        self._groups = [f"e{i}" for i in range(len(entries))]
+        self._matcher = re.compile("|".join(f"(?P<{name}>{fnmatch.translate(e.pattern)})" for name, e in zip(self._groups, entries)))
 
     @classmethod
     def from_config(cls, data: dict[str, Any] | None) -> ResourceCatalog:
@@ -131,7 +136,11 @@ class ResourceCatalog:
     def lookup(self, resource: str) -> ResourceEntry:
         found = self._cache.get(resource)
         if found is None:
-            found = next((e for e in self._entries if fnmatch.fnmatchcase(resource, e.pattern)), self._default)
+            found = self._default
+            match = self._matcher.match(resource) if self._entries else None
+            if match is not None:
+                groups = match.groupdict()
+                found = next(e for name, e in zip(self._groups, self._entries) if groups[name] is not None)
             if len(self._cache) < 100_000:
                 self._cache[resource] = found
         return found
