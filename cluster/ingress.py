@@ -14,7 +14,6 @@ import numpy as np
 from ray import serve
 
 from actors.domain.columns import Column
-from actors.domain.directory import ApiKey
 from cluster.app import create_app
 from cluster.backends import RayBackends
 from cluster.catalogs import load_catalogs, load_event_sources
@@ -25,7 +24,6 @@ from cluster.settings import Settings
 logger = logging.getLogger("jitgate.cluster")
 
 # The caller that `DeploymentHandle` methods act as: code inside the cluster, not an API key.
-HANDLE_CALLER = ApiKey(key_id="deployment-handle", principal="system", scopes=frozenset({"admin"}), sha256="")
 
 api = create_app(current_service, replica_id=current_replica_id)
 
