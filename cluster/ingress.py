@@ -23,8 +23,6 @@ from cluster.settings import Settings
 
 logger = logging.getLogger("jitgate.cluster")
 
-# The caller that `DeploymentHandle` methods act as: code inside the cluster, not an API key.
-
 api = create_app(current_service, replica_id=current_replica_id)
 
 
