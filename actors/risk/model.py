@@ -3,7 +3,7 @@
 Logistic regression on one-hot categorical features and on one-hot combinations
 of them (pairs, triples and the job profile). Each feature of a row maps to one global slot id, so
 the approval logit of a row is `bias + sum(weights[index[row, :]])` where `index`
-is an (n, k) int32 array. Category values seen fewer than `min_count` times in
+is an (n, k) intp array. Category values seen fewer than `min_count` times in
 training share the feature's unknown slot, which then also scores values never
 seen at all. Pure numpy: no Ray, no Redis.
 """
@@ -280,7 +280,7 @@ class RiskModel:
     # -- encoding ----------------------------------------------------------
 
     def encode_columns(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Map raw category ids to global slot ids, column-wise: returns int32 (n, k).
+        """Map raw category ids to global slot ids, column-wise: returns intp (n, k).
 
         `columns` maps lower-case column names to int64 arrays of equal length. A
         missing column, an id not in the vocabulary and MISSING_ID all map to the
@@ -288,7 +288,8 @@ class RiskModel:
         """
         n_rows = _common_length(columns)
         codes = [self._column_codes(name, values, columns.get(name), n_rows) for name, values in zip(COLUMNS, self.column_values)]
-        index = np.empty((n_rows, len(self.features)), dtype=np.int32)
+        # intp, the index type of np.take: an int32 index would be converted on every scoring call.
+        index = np.empty((n_rows, len(self.features)), dtype=np.intp)
         for j, feature in enumerate(self.features):
             offset = self.offsets[j]
             if len(feature) == 1:

@@ -44,6 +44,7 @@ REQUEST_RATE_WEIGHT = np.float32(0.4)
 DEFAULT_USUAL_DURATION_S = 3600
 
 CONTEXT_FACTORS: tuple[str, ...] = ("device_posture", "off_hours", "long_duration", "request_rate")
+_CONTEXT_ONES = np.ones(len(CONTEXT_FACTORS), dtype=np.float32)
 TOP_FACTORS = 3
 
 
@@ -100,7 +101,7 @@ def score_batch(
     *,
     with_factors: bool = True,
 ) -> RiskScores:
-    """Score a batch: `index` is the int32 (n, k) output of `model.encode_columns` or `encode_rows`.
+    """Score a batch: `index` is the intp (n, k) output of `model.encode_columns` or `encode_rows`.
 
     Raises ValueError when a context array has the wrong length or a value out of range.
     """
@@ -115,7 +116,8 @@ def score_batch(
         contributions = np.empty((n_rows, model.n_features + len(CONTEXT_FACTORS)), dtype=np.float32)
         feature_part = contributions[:, : model.n_features]
         np.take(model.weights, index, out=feature_part, mode="clip")
-        approval_logit = feature_part.sum(axis=1, dtype=np.float32)
+        # A matrix-vector product sums the rows many times faster than sum(axis=1) on a narrow array.
+        approval_logit = feature_part @ np.ones(model.n_features, dtype=np.float32)
         approval_logit += model.bias
         # Deviation from the training mean, negated so that positive means riskier.
         np.subtract(model.mean_weights, feature_part, out=feature_part)
@@ -124,7 +126,7 @@ def score_batch(
         approval_logit = model.approval_logit(index)
 
     approval_probability = _sigmoid(approval_logit)
-    risk_logit = signals.sum(axis=1, dtype=np.float32)
+    risk_logit = signals @ _CONTEXT_ONES
     risk_logit -= approval_logit
     risk_score = _sigmoid(risk_logit)
     risk_score *= 100.0
@@ -180,6 +182,11 @@ def _checked(values: np.ndarray, name: str, n_rows: int, low: float, high: float
         raise ValueError(f"context field {name!r}: expected shape ({n_rows},), got {values.shape}")
     if values.dtype.kind not in "iuf":
         raise ValueError(f"context field {name!r}: expected numbers, got dtype {values.dtype}")
+    if values.size == 0:
+        return values
+    # Two reductions are cheaper than a mask; NaN fails the comparison of the minimum.
+    if values.min() >= low and (high is None or values.max() <= high):
+        return values
     bad = ~(values >= low) if high is None else ~((values >= low) & (values <= high))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
