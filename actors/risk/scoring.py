@@ -184,7 +184,7 @@ def _checked(values: np.ndarray, name: str, n_rows: int, low: float, high: float
         raise ValueError(f"context field {name!r}: expected numbers, got dtype {values.dtype}")
     if values.size == 0:
         return values
-    # Two reductions are cheaper than a mask; NaN fails the comparison of the minimum.
+    # Two reductions cost less than a mask. A NaN makes the minimum NaN, so it fails the check too.
     if values.min() >= low and (high is None or values.max() <= high):
         return values
     bad = ~(values >= low) if high is None else ~((values >= low) & (values <= high))
