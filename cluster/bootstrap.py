@@ -410,6 +410,11 @@ def ingress_env(settings: Settings, paths: StatePaths) -> dict[str, str]:
         stats_port, metrics_port, fallback_http_port, fallback_grpc_port = _free_tcp_ports(4)
         env |= {
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            # Resend a request that a replica closed without any response, as a killed replica does,
+            # to another replica. Ray's default, conn-failure, resends only requests that were never
+            # sent. Repeating a POST is safe here: the SDK sends an Idempotency-Key with every
+            # access request, and a repeated review, revoke or cancel gets 409.
+            "RAY_SERVE_HAPROXY_RETRY_ON": os.environ.get("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response"),
             # The defaults live in /tmp/haproxy-serve and would be shared by every cluster on the host.
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),

@@ -271,6 +271,19 @@ def kill_pid(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def wait_gone(pid: int, timeout_s: float = 5.0) -> float:
+    """Wait until `pid` has exited (a zombie counts, its sockets are closed) and return the time in epoch ms."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.001)
+    return time.time() * 1000
+
+
 def wait_restarted(cluster: LocalCluster, name: str, old_pid: int, namespace: str | None = None) -> tuple[int, str]:
     found: list[tuple[int, str]] = []
 
@@ -478,6 +491,8 @@ class KillOutcome:
     target: str
     affected: Callable[[dict[str, Any]], bool] = lambda record: True
     outage: metrics.Outage | None = None
+    # When the killed process was gone; requests sent before it still reached the process.
+    gone_ms: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -560,6 +575,8 @@ class Scenarios:
         kill_ms = time.time() * 1000
         kill_pid(pid)
         outcome = KillOutcome(kill_ms, f"Serve replica {names[0].rsplit('#', 1)[1]} (pid {pid}) of {len(names)}")
+        outcome.gone_ms = wait_gone(pid)
+        outcome.details["process_gone_after_ms"] = round(outcome.gone_ms - kill_ms, 1)
 
         def watch_restore() -> None:
             def restored() -> bool:
@@ -726,7 +743,7 @@ def run_scenario(
     figures.update(metrics.revoke_figures(target_grants, watcher.snapshot(), outage=_revoke_outage(outcome, figures)))
     deadlines = {r["grant_id"]: r["expires_ms"] for r in records if metrics.is_acknowledged(r) and r.get("grant_id")}
     figures.update(metrics.terminal_figures(deadlines, terminal, settled_ms=audit_started_ms - 3000))
-    figures.update(metrics.in_flight_figures(records, outcome.kill_ms))
+    figures.update(metrics.in_flight_figures(records, outcome.kill_ms, outcome.gone_ms))
     figures.update(outcome.details)
     figures["killed"] = outcome.target
     figures["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]

@@ -145,14 +145,20 @@ def check_figures(records: Iterable[Record]) -> dict[str, Any]:
     }
 
 
-def in_flight_figures(records: Iterable[Record], kill_ms: float) -> dict[str, int]:
-    """Count failures, split by whether the request was in flight at the kill or sent after it."""
+def in_flight_figures(records: Iterable[Record], kill_ms: float, gone_ms: float | None = None) -> dict[str, int]:
+    """Count failures, split by whether the request was in flight at the kill or sent after it.
+
+    A SIGKILLed process keeps its sockets until the kernel has torn it down, so a request sent
+    between the signal (`kill_ms`) and the moment the process was gone (`gone_ms`) still reached
+    it and counts as in flight.
+    """
     records = list(records)
-    in_flight = [r for r in records if r["sent_ms"] <= kill_ms < r["received_ms"]]
+    gone_ms = kill_ms if gone_ms is None else max(gone_ms, kill_ms)
+    in_flight = [r for r in records if r["sent_ms"] <= gone_ms and r["received_ms"] > kill_ms]
     return {
         "in_flight_at_kill": len(in_flight),
         "failed_in_flight": sum(1 for r in in_flight if is_failure(r)),
-        "failed_after_kill": sum(1 for r in records if r["sent_ms"] > kill_ms and is_failure(r)),
+        "failed_after_kill": sum(1 for r in records if r["sent_ms"] > gone_ms and is_failure(r)),
     }
 
 
