@@ -59,12 +59,14 @@ class Settings(BaseSettings):
     )
     ingress_replicas: int = Field(default=2, ge=1, description="Serve ingress replicas.")
     ingress: IngressMode = Field(
-        default="haproxy",
+        default="proxy",
         description=(
-            "How HTTP reaches the ingress replicas. 'haproxy': HAProxy on http_host:http_port balances "
-            "each request over the replicas' own HTTP servers (Ray Serve direct ingress, ports "
-            "30000-31000 on http_host), at about a fifth of the Serve proxy's CPU per request; `up` "
-            "binds its stats and Prometheus ports to 127.0.0.1 as well. 'proxy': the Serve HTTP proxy on http_port. "
+            "How HTTP reaches the ingress replicas. 'proxy': the Serve HTTP proxy on http_port. "
+            "'haproxy': HAProxy on http_host:http_port balances each request over the replicas' own "
+            "HTTP servers (Ray Serve direct ingress, ports 30000-31000 on http_host), at about a fifth "
+            "of the Serve proxy's CPU per request; `up` binds its stats and Prometheus ports to "
+            "127.0.0.1 as well. When a replica dies, HAProxy can fail a few requests that reach it in "
+            "the next tens of milliseconds, not only those in flight. "
             "'direct': each replica serves on its own port from 30000-31000, and http_port keeps the "
             "Serve proxy, so clients must pick a replica port."
         ),
