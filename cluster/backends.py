@@ -24,6 +24,10 @@ ACTOR_CALL_TIMEOUT_S = 30.0
 LEDGER_BUNDLE = {"memory": 16 * 1024 * 1024}
 # A check waits this long for the shard's primary before the replica is asked instead.
 READ_FAILOVER_S = 0.25
+# Submissions carry an idempotency key that the ledger's commit checks, so a batch that the
+# primary has not answered within this time is sent to the shard's replica as well: at most one
+# of the two stores each request, and the other replays it. Other writes are not resent.
+WRITE_FAILOVER_S = 0.5
 
 
 def policy_shard_of(resource: str, shards: int) -> int:
@@ -139,6 +143,8 @@ class RayBackends:
 
     async def ledger(self, shard: int, method: str, *args: Any) -> Any:
         try:
+            if method == "submit_many":
+                return await self._submit_with_failover(shard, *args)
             return await self._await(getattr(self.ledgers[shard], method).remote(*args), f"ledger shard {shard}")
         except Unavailable as error:
             if isinstance(error.__cause__, self._ray.exceptions.RayActorError) and not isinstance(
@@ -149,6 +155,15 @@ class RayBackends:
                 logger.warning("ledger shard %d is gone (%s); creating it again", shard, error.__cause__)
                 self._create_shard(shard)
             raise
+
+    async def _submit_with_failover(self, shard: int, *args: Any) -> Any:
+        """Store submissions through the primary, or through the replica when the primary is slow or restarting."""
+        primary = self.ledgers[shard].submit_many.remote(*args)
+        try:
+            return await asyncio.wait_for(self._result(primary), timeout=WRITE_FAILOVER_S)
+        except (asyncio.TimeoutError, self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError) as error:
+            logger.warning("ledger shard %d primary did not answer a submission (%r); sending it to the replica", shard, error)
+            return await self._await(self.replicas[shard].submit_many.remote(*args), f"ledger replica {shard}")
 
     async def ledger_read(self, shard: int, method: str, *args: Any) -> Any:
         """Call a read-only method on the shard's primary, or on its replica when the primary times out."""
