@@ -25,7 +25,7 @@ LEDGER_BUNDLE = {"memory": 16 * 1024 * 1024}
 # A check waits this long for the shard's primary before the replica is asked instead.
 READ_FAILOVER_S = 0.25
 # Submissions carry an idempotency key that the ledger's commit checks, so a batch that the
-# primary has not answered within this time is sent to the shard's replica as well: at most one
+# primary has not returned within this time is sent to the shard's replica as well: at most one
 # of the two stores each request, and the other replays it. Other writes are not resent.
 WRITE_FAILOVER_S = 0.5
 
@@ -162,7 +162,7 @@ class RayBackends:
         try:
             return await asyncio.wait_for(self._result(primary), timeout=WRITE_FAILOVER_S)
         except (asyncio.TimeoutError, self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError) as error:
-            logger.warning("ledger shard %d primary did not answer a submission (%r); sending it to the replica", shard, error)
+            logger.warning("ledger shard %d primary did not respond to a submission (%r); sending it to the replica", shard, error)
             return await self._await(self.replicas[shard].submit_many.remote(*args), f"ledger replica {shard}")
 
     async def ledger_read(self, shard: int, method: str, *args: Any) -> Any:

@@ -42,7 +42,7 @@ MAX_HEAD_RETRIES = 3
 # Both may try in a race, and the version compare-and-set lets only one transition through, so
 # the grace only saves duplicate work: a healthy primary ends a grant a few ms after its deadline.
 REPLICA_GRACE_MS = 50
-# The first removal attempt at a deadline; a slower target is retried once the grant is revoking.
+# Time limit of the first removal attempt at a deadline. A slower target is retried once the grant is revoking.
 DEADLINE_REMOVE_TIMEOUT_S = 0.5
 FOLLOW_BATCH = 500
 
