@@ -9,12 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IngressMode = Literal["proxy", "direct", "haproxy"]
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# `ray start` hands these ports to worker processes (its --min/max-worker-port defaults). A local
+# head with its dashboard port inside them refuses to start, and an HTTP port there can clash with a worker.
+RAY_WORKER_PORTS = range(10002, 20000)
 
 
 def default_state_dir() -> Path:
@@ -101,6 +104,17 @@ class Settings(BaseSettings):
         default=1000, ge=0, le=60_000, description="Lifetime of a cached check result, capped by the grant expiry."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+
+    @field_validator("http_port", "dashboard_port")
+    @classmethod
+    def _outside_ray_worker_ports(cls, port: int, info: ValidationInfo) -> int:
+        unused = info.field_name == "dashboard_port" and not info.data.get("dashboard", True)
+        if info.data.get("ray_address") is None and not unused and port in RAY_WORKER_PORTS:
+            raise ValueError(
+                f"port {port} is inside the local Ray head's worker port range "
+                f"{RAY_WORKER_PORTS.start}-{RAY_WORKER_PORTS.stop - 1}; choose a port outside it"
+            )
+        return port
 
     @property
     def resolved_api_keys_file(self) -> Path:
