@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
 
 from tests.conftest import REPO_ROOT, wait_for
-from tests.integration.conftest import cluster_settings, open_cluster
+from tests.integration.conftest import running_cluster
 
 pytestmark = pytest.mark.fault
 
@@ -31,16 +28,8 @@ DRIVER_TIMEOUT_S = 90
 
 @pytest.fixture(scope="module")
 def jit_cluster():
-    from cluster.bootstrap import down, up
-
-    state_dir = Path(tempfile.mkdtemp(prefix="jg", dir="/tmp"))
-    settings = cluster_settings(state_dir, ingress_replicas=2)
-    try:
-        up(settings, out=lambda line: None)
-        yield open_cluster(settings)
-    finally:
-        down(settings, out=lambda line: None)
-        shutil.rmtree(state_dir, ignore_errors=True)
+    with running_cluster(ingress_replicas=2) as running:
+        yield running
 
 
 def run_driver(cluster, script: str, *args: str) -> dict:

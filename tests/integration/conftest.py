@@ -5,12 +5,35 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+
+
+def new_resource() -> str:
+    return f"redis://target/t{uuid.uuid4().hex[:10]}"
+
+
+def submit(client, resource: str, role: str = "read", duration_s: int = 600, key: str | None = None, **extra):
+    body = {"resource": resource, "role": role, "duration_s": duration_s, "reason": "integration test",
+            "context": {"device_posture": "managed"}, **extra}
+    return client.post("/v1/requests", json=body, headers={"Idempotency-Key": key or uuid.uuid4().hex})
+
+
+def answers_by_replica(send: Callable[[], httpx.Response], allowed: Callable[[httpx.Response], bool],
+                       calls: int = 40) -> dict[str, set[bool]]:
+    """Send `calls` requests and return the `allowed` values seen, by the ingress replica that sent each response."""
+    seen: dict[str, set[bool]] = {}
+    for _ in range(calls):
+        response = send()
+        seen.setdefault(response.headers["x-jitgate-replica"], set()).add(allowed(response))
+    return seen
 
 
 def free_port() -> int:
@@ -53,15 +76,22 @@ def open_cluster(settings) -> LocalCluster:
     )
 
 
-@pytest.fixture(scope="session")
-def cluster():
+@contextmanager
+def running_cluster(**overrides):
+    """Start a cluster with `cluster_settings` under a new /tmp state dir, and stop and remove it afterwards."""
     from cluster.bootstrap import down, up
 
     state_dir = Path(tempfile.mkdtemp(prefix="jg", dir="/tmp"))
-    settings = cluster_settings(state_dir)
+    settings = cluster_settings(state_dir, **overrides)
     try:
         up(settings, out=lambda line: None)
         yield open_cluster(settings)
     finally:
         down(settings, out=lambda line: None)
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    with running_cluster() as running:
+        yield running

@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from tests.conftest import REPO_ROOT, wait_for
+from tests.integration.conftest import answers_by_replica, new_resource, submit
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +51,8 @@ def check_through_handle(cluster, columns: dict[str, list[str]]) -> dict:
 
 def test_handle_checks_packed_columns(cluster):
     alice = cluster.client("alice")
-    resource = f"redis://target/t{uuid.uuid4().hex[:10]}"
-    created = alice.post("/v1/requests", json={
-        "resource": resource, "role": "read", "duration_s": 600, "reason": "integration test",
-        "context": {"device_posture": "managed"},
-    })
+    resource = new_resource()
+    created = submit(alice, resource)
     assert created.status_code == 201, created.text
     grant = created.json()["grant"]
     assert grant is not None, created.text
@@ -95,29 +92,27 @@ def test_http_batch_rejects_bad_columns(cluster):
 
 def test_revoke_reaches_cached_batches(cluster):
     alice, admin = cluster.client("alice"), cluster.client("admin")
-    resource = f"redis://target/t{uuid.uuid4().hex[:10]}"
-    created = alice.post("/v1/requests", json={
-        "resource": resource, "role": "read", "duration_s": 600, "reason": "integration test",
-        "context": {"device_posture": "managed"},
-    })
+    resource = new_resource()
+    created = submit(alice, resource)
     assert created.status_code == 201, created.text
     grant = created.json()["grant"]
     body = {"principals": ["alice"], "resources": [resource], "roles": ["read"]}
-    replicas = set()
-    for _ in range(40):
-        response = admin.post("/v1/check:batch", json=body)
-        assert response.json()["allowed"] == [True]
-        replicas.add(response.headers["x-jitgate-replica"])
-    assert len(replicas) == 2, replicas
+
+    def send():
+        return admin.post("/v1/check:batch", json=body)
+
+    def allowed(response):
+        return response.json()["allowed"][0]
+
+    before = answers_by_replica(send, allowed)
+    assert len(before) == 2, before
+    assert all(values == {True} for values in before.values()), before
 
     revoked = admin.post(f"/v1/grants/{grant['id']}/revoke", json={"reason": "incident over"})
     assert revoked.status_code == 200, revoked.text
 
     def all_replicas_deny() -> bool:
-        seen = {}
-        for _ in range(40):
-            response = admin.post("/v1/check:batch", json=body)
-            seen.setdefault(response.headers["x-jitgate-replica"], set()).add(response.json()["allowed"][0])
+        seen = answers_by_replica(send, allowed)
         return len(seen) == 2 and all(values == {False} for values in seen.values())
 
     # The cache TTL is 30 s in this cluster, so only the invalidation can make this pass in time.
