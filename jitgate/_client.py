@@ -249,6 +249,16 @@ def _op_post(path: str, body: BaseModel, model: type[ModelT]) -> Operation[Model
     return _parse(model, data)
 
 
+def _op_extend(
+    grant_id: str, duration_s: int, reason: str, context: RequestContext | dict[str, Any] | None
+) -> Operation[Grant]:
+    fields: dict[str, Any] = {"duration_s": duration_s, "reason": reason}
+    if context is not None:
+        fields["context"] = context
+    body = _build_model(ExtendBody, **fields)
+    return _op_post(f"/v1/grants/{_path_id(grant_id)}/extend", body, Grant)
+
+
 def _op_list(
     path: str, filters: Mapping[str, Any], item_model: type[ModelT], limit: int | None
 ) -> Operation[list[ModelT]]:
@@ -479,11 +489,7 @@ class Client:
         self, grant_id: str, duration_s: int, reason: str, *, context: RequestContext | dict[str, Any] | None = None
     ) -> Grant:
         """Extend a grant to `duration_s` from now; decided again by risk and policy with `context`."""
-        fields: dict[str, Any] = {"duration_s": duration_s, "reason": reason}
-        if context is not None:
-            fields["context"] = context
-        body = _build_model(ExtendBody, **fields)
-        return self._run(_op_post(f"/v1/grants/{_path_id(grant_id)}/extend", body, Grant))
+        return self._run(_op_extend(grant_id, duration_s, reason, context))
 
     def credentials(self, grant_id: str) -> Credentials:
         return self._run(_op_get(f"/v1/grants/{_path_id(grant_id)}/credentials", Credentials))
@@ -638,11 +644,7 @@ class AsyncClient:
         self, grant_id: str, duration_s: int, reason: str, *, context: RequestContext | dict[str, Any] | None = None
     ) -> Grant:
         """Extend a grant to `duration_s` from now; decided again by risk and policy with `context`."""
-        fields: dict[str, Any] = {"duration_s": duration_s, "reason": reason}
-        if context is not None:
-            fields["context"] = context
-        body = _build_model(ExtendBody, **fields)
-        return await self._run(_op_post(f"/v1/grants/{_path_id(grant_id)}/extend", body, Grant))
+        return await self._run(_op_extend(grant_id, duration_s, reason, context))
 
     async def credentials(self, grant_id: str) -> Credentials:
         return await self._run(_op_get(f"/v1/grants/{_path_id(grant_id)}/credentials", Credentials))
