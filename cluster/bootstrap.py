@@ -365,8 +365,13 @@ def ray_driver_env(settings: Settings) -> dict[str, str]:
     return {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(_state_paths(settings).ray_token),
-        **{name: os.environ.get(name, value) for name, value in INLINE_OBJECT_ENV.items()},
+        **_unless_set(INLINE_OBJECT_ENV),
     }
+
+
+def _unless_set(defaults: dict[str, str]) -> dict[str, str]:
+    """Return `defaults` with the value from this process's environment where a variable is set."""
+    return {name: os.environ.get(name, value) for name, value in defaults.items()}
 
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -414,7 +419,7 @@ def ingress_env(settings: Settings, paths: StatePaths) -> dict[str, str]:
             # to another replica. Ray's default, conn-failure, resends only requests that were never
             # sent. Repeating a POST is safe here: the SDK sends an Idempotency-Key with every
             # access request, and a repeated review, revoke or cancel gets 409.
-            "RAY_SERVE_HAPROXY_RETRY_ON": os.environ.get("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response"),
+            **_unless_set({"RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}),
             # The defaults live in /tmp/haproxy-serve and would be shared by every cluster on the host.
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
@@ -557,8 +562,8 @@ def _start_ray_head(settings: Settings, paths: StatePaths, out: Output) -> tuple
             # delays `down` (by up to 30 s in Ray 2.60).
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
             "RAY_worker_niceness": str(settings.worker_niceness),
-            **{name: os.environ.get(name, value) for name, value in NODE_HEALTH_CHECK_ENV.items()},
-            **{name: os.environ.get(name, value) for name, value in INLINE_OBJECT_ENV.items()},
+            **_unless_set(NODE_HEALTH_CHECK_ENV),
+            **_unless_set(INLINE_OBJECT_ENV),
             **ingress_env(settings, paths),
         }
     )

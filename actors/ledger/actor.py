@@ -39,8 +39,8 @@ MAX_HEAD_RETRIES = 3
 
 
 # A replica ends a grant only when the primary has not done so this long after the deadline.
-# Both may try in a race, and the version compare-and-set lets only one transition through, so
-# the grace only saves duplicate work: a healthy primary ends a grant a few ms after its deadline.
+# Both actors may race, and the version compare-and-set lets only one transition through. The grace
+# only saves duplicate work, because a healthy primary ends a grant a few ms after its deadline.
 REPLICA_GRACE_MS = 50
 # Time limit of the first removal attempt at a deadline. A slower target is retried once the grant is revoking.
 DEADLINE_REMOVE_TIMEOUT_S = 0.5
@@ -524,10 +524,7 @@ class GrantLedger:
                 if grant is None or grant.state is not GrantState.REVOKING:
                     return
                 try:
-                    async with self._lock_for(self._entitlement_locks, grant.entitlement):
-                        if not self.state.entitlements.get(grant.entitlement):
-                            provisioner = self.provisioners.get(grant.provisioner, RecordProvisioner())
-                            await provisioner.remove(*grant.entitlement)
+                    await self._remove_access(grant)
                     plan, moved = plan_removed(grant, shard=self.shard, now_ms=self.clock.now_ms(), message="access removed")
                     await self._persist(plan)
                     self.counters["grants_expired_total" if moved.state is GrantState.EXPIRED else "grants_revoked_total"] += 1
@@ -590,14 +587,16 @@ class GrantLedger:
         its deadline, so it is ended again on load; removal is idempotent. A failure here is left
         to `_finish_removal`, which retries with backoff.
         """
+        try:
+            await asyncio.wait_for(self._remove_access(grant), DEADLINE_REMOVE_TIMEOUT_S)
+        except (ProvisionerError, asyncio.TimeoutError) as error:
+            logger.info("removing grant %s at its deadline failed (%r); retrying after the transition", grant.id, error)
+
+    async def _remove_access(self, grant: GrantRecord) -> None:
+        """Remove the access of `grant` unless another active grant has the same entitlement."""
         async with self._lock_for(self._entitlement_locks, grant.entitlement):
-            if self.state.has_other_active(grant.entitlement, grant.id):
-                return
-            provisioner = self.provisioners.get(grant.provisioner, RecordProvisioner())
-            try:
-                await asyncio.wait_for(provisioner.remove(*grant.entitlement), DEADLINE_REMOVE_TIMEOUT_S)
-            except (ProvisionerError, asyncio.TimeoutError) as error:
-                logger.info("removing grant %s at its deadline failed (%r); retrying after the transition", grant.id, error)
+            if not self.state.has_other_active(grant.entitlement, grant.id):
+                await self.provisioners.get(grant.provisioner, RecordProvisioner()).remove(*grant.entitlement)
 
     def _retry_expiry(self, grant: GrantRecord) -> None:
         live = self.state.grants.get(grant.id)
