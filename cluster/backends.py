@@ -24,9 +24,9 @@ ACTOR_CALL_TIMEOUT_S = 30.0
 LEDGER_BUNDLE = {"memory": 16 * 1024 * 1024}
 # A check waits this long for the shard's primary before the replica is asked instead.
 READ_FAILOVER_S = 0.25
-# Submissions carry an idempotency key that the ledger's commit checks, so a batch that the
-# primary has not returned within this time is sent to the shard's replica as well: at most one
-# of the two stores each request, and the other replays it. Other writes are not resent.
+# A batch of submissions that the primary has not returned within this time is also sent to the
+# replica. Each submission carries an idempotency key that the commit checks, so one of the two
+# stores it and the other replays it. Other writes are not resent.
 WRITE_FAILOVER_S = 0.5
 
 

@@ -491,7 +491,7 @@ class KillOutcome:
     target: str
     affected: Callable[[dict[str, Any]], bool] = lambda record: True
     outage: metrics.Outage | None = None
-    # When the killed process was gone; requests sent before it still reached the process.
+    # Time the killed process was gone. Requests sent before it still reached the process.
     gone_ms: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 

@@ -121,8 +121,8 @@ class ResourceCatalog:
         self._entries = entries
         self._default = default
         self._cache: dict[str, ResourceEntry] = {}
-        # One regex for all patterns, one named group per entry: a single match call finds the
-        # first matching entry, where fnmatch would run one match per entry.
+        # One regex with a named group per entry finds the first matching entry in one match call,
+        # where fnmatch needs one call per entry.
         self._groups = [f"e{i}" for i in range(len(entries))]
         self._matcher = re.compile("|".join(f"(?P<{name}>{fnmatch.translate(e.pattern)})" for name, e in zip(self._groups, entries)))
 
