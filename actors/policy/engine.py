@@ -308,7 +308,7 @@ def _attribute_key(specs: tuple[_AttributeKeySpec, ...], values: Mapping[str, At
 class _Outcome:
     """The decision of one evaluation, before the parts that use the request's own values.
 
-    `decision` holds for a request whose duration is at most `cap_s`; `cap_s` is None when
+    `decision` applies to a request whose duration is at most `cap_s`. `cap_s` is None when
     the request is not eligible. When `describe` is set, the reason at `describe_index`
     names values of the request (role, resource, risk, posture) and is written per request.
     `exact` marks reasons that quote Cedar errors, which can name the evaluated request's
