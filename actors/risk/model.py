@@ -254,6 +254,7 @@ class RiskModel:
             raise ValueError(f"expected {len(self.features)} mean weights, got shape {self.mean_weights.shape}")
         self.feature_names: tuple[str, ...] = tuple(feature_name(f) for f in self.features)
         self._weights_list: list[float] | None = None
+        self._lookups: tuple[list[dict[int, int]], list[tuple]] | None = None
         self.version = "amazon-lr-" + self._digest()[:12]
 
     @property
@@ -287,6 +288,8 @@ class RiskModel:
         feature's unknown slot.
         """
         n_rows = _common_length(columns)
+        if n_rows <= FEW_ROWS:
+            return self._encode_few(columns, n_rows)
         codes = [self._column_codes(name, values, columns.get(name), n_rows) for name, values in zip(COLUMNS, self.column_values)]
         # intp, the index type of np.take: an int32 index would be converted on every scoring call.
         index = np.empty((n_rows, len(self.features)), dtype=np.intp)
@@ -302,6 +305,49 @@ class RiskModel:
             found = keys[np.minimum(position, keys.size - 1)] == key if keys.size else np.zeros(n_rows, bool)
             index[:, j] = np.where(found, position + 1, 0) + offset
         return index
+
+    def _encode_few(self, columns: Mapping[str, np.ndarray], n_rows: int) -> np.ndarray:
+        """`encode_columns` with dict lookups, for batches of at most FEW_ROWS rows.
+
+        Below that size the numpy calls' fixed cost dominates: one row took about 230 us
+        through `searchsorted` and about 16 us here (CPython 3.11, 2-core AMD EPYC VM).
+        """
+        if self._lookups is None:
+            self._lookups = self._build_lookups()
+        column_codes, feature_slots = self._lookups
+        codes_by_column = []
+        for name, codes_of in zip(COLUMNS, column_codes):
+            values = columns.get(name)
+            if values is None:
+                codes_by_column.append([0] * n_rows)
+                continue
+            values = np.asarray(values)
+            if values.dtype.kind not in "iu":
+                raise TypeError(f"column {name!r}: expected an integer array, got dtype {values.dtype}")
+            codes_by_column.append([codes_of.get(value, 0) for value in values.tolist()])
+        rows = []
+        for row_codes in zip(*codes_by_column):
+            row = []
+            for feature, offset, cardinalities, slots in feature_slots:
+                if slots is None:
+                    row.append(row_codes[feature[0]] + offset)
+                    continue
+                key = row_codes[feature[0]]
+                for column, cardinality in zip(feature[1:], cardinalities):
+                    key = key * cardinality + row_codes[column]
+                row.append(slots.get(key, 0) + offset)
+            rows.append(row)
+        return np.array(rows, dtype=np.intp).reshape(n_rows, len(self.features))
+
+    def _build_lookups(self) -> tuple[list[dict[int, int]], list[tuple]]:
+        """Return the dicts of `_encode_few`: raw id -> column code, and per feature combined key -> code."""
+        column_codes = [{value: code for code, value in enumerate(values.tolist(), 1)} for values in self.column_values]
+        feature_slots = []
+        for feature, offset, keys in zip(self.features, self.offsets.tolist(), self.feature_keys):
+            cardinalities = tuple(int(self.column_cardinality[column]) for column in feature[1:])
+            slots = None if len(feature) == 1 else {key: code for code, key in enumerate(keys.tolist(), 1)}
+            feature_slots.append((feature, offset, cardinalities, slots))
+        return column_codes, feature_slots
 
     def encode_rows(self, rows: Sequence[Mapping[str, object]]) -> np.ndarray:
         """Encode attribute dicts from the API (values str or int): returns int32 (n, k).
@@ -421,6 +467,8 @@ class RiskModel:
 
 
 _BLOCK_ROWS = 4096
+# Batches up to this size are encoded with dict lookups instead of numpy searches.
+FEW_ROWS = 16
 _MODEL_ARRAYS = (
     "format",
     "column_values",
