@@ -62,7 +62,8 @@ class RequestRecord:
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """Return the fields as a dict that shares the nested dicts of the record; do not modify those."""
+        data = _fields_of(self)
         data["state"] = self.state.value if self.state else None
         data["reviews"] = list(self.reviews)
         return data
@@ -96,7 +97,7 @@ class GrantRecord:
         return (self.principal, self.resource, self.role)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = _fields_of(self)
         data["state"] = self.state.value if self.state else None
         return data
 
@@ -123,7 +124,14 @@ class AuditEntry:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Return the fields as a dict that shares `data` with the entry; do not modify it."""
+        return _fields_of(self)
+
+
+def _fields_of(record: Any) -> dict[str, Any]:
+    # One level only: `dataclasses.asdict` deep-copies every nested dict and list, which cost
+    # about 0.2 ms per stored request with its decision and factors.
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
 def transition_request(
