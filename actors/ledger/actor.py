@@ -303,28 +303,25 @@ class GrantLedger:
         for lock in locks:
             await lock.acquire()
         try:
-            keyed = [i for i in indexes if items[i].idempotency_key is not None]
-            existing = {}
-            if keyed:
-                pipe = self.client.pipeline(transaction=False)
-                for i in keyed:
-                    pipe.get(idempotency_key(items[i].submitter, items[i].idempotency_key))
-                for i, value in zip(keyed, await self.store._call(pipe.execute())):
-                    if value is not None:
-                        existing[i] = value.decode()
             planned: list[tuple[int, Plan, RequestRecord, GrantRecord | None]] = []
+            refused: dict[int, JitError] = {}
             for i in indexes:
-                if i in existing:
-                    continue
                 try:
                     plan, request, grant = plan_submit(
                         self.state, items[i], shard=self.shard, now_ms=self.clock.now_ms(),
                         review_window_s=self.review_window_s,
                     )
                 except JitError as error:
-                    results[i] = error
+                    refused[i] = error
                     continue
                 planned.append((i, plan, request, grant))
+            # The commit script refuses a planned item whose idempotency key is taken, so only a
+            # refused item needs the lookup: a retry whose first attempt was stored (and, say,
+            # holds the active grant that refused it now) gets its stored result, not the error.
+            existing = await self._stored_idempotent([i for i in refused if items[i].idempotency_key is not None], items)
+            for i, error in refused.items():
+                if i not in existing:
+                    results[i] = error
             outcomes = await self._persist_many([plan for _, plan, _, _ in planned]) if planned else []
         finally:
             for lock in locks:
@@ -351,6 +348,16 @@ class GrantLedger:
         if granted:
             await asyncio.gather(*(self._apply_access(grant) for grant in granted))
         return stale
+
+    async def _stored_idempotent(self, indexes: list[int], items: list[Submission]) -> dict[int, str]:
+        """Return the stored idempotency records of the items at `indexes` that have one."""
+        if not indexes:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for i in indexes:
+            pipe.get(idempotency_key(items[i].submitter, items[i].idempotency_key))
+        values = await self.store._call(pipe.execute())
+        return {i: value.decode() for i, value in zip(indexes, values) if value is not None}
 
     async def _replay_idempotent(self, existing: str, item: Submission) -> dict[str, Any]:
         request_id, _, body_sha256 = existing.partition(" ")
@@ -631,9 +638,12 @@ class GrantLedger:
                     self._spawn(self._expire_request(request))
             next_ms = self.state.next_deadline_ms()
             wait_s = MAX_IDLE_WAIT_S if next_ms is None else min(MAX_IDLE_WAIT_S, max(0.0, (next_ms - now_ms) / 1000))
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the wait ends, and the loop then never stops.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     def _spawn(self, coroutine) -> None:
