@@ -8,6 +8,7 @@ for tests of the service logic. Both expose the same three coroutines.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 from typing import Any
@@ -28,6 +29,22 @@ READ_FAILOVER_S = 0.25
 # replica. Each submission carries an idempotency key that the commit checks, so one of the two
 # stores it and the other replays it. Other writes are not resent.
 WRITE_FAILOVER_S = 0.5
+
+
+def frozen_after_init(cls: type) -> type:
+    """Return a subclass of `cls` that takes the objects alive after `__init__` out of garbage collection.
+
+    An actor's process holds Ray's and the libraries' objects, a few hundred thousand of them.
+    A full collection scans them all and stalls whatever call is running, so the objects of
+    start-up go to the permanent generation, as in the ingress replicas.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cls.__init__(self, *args, **kwargs)
+        gc.collect()
+        gc.freeze()
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__doc__": cls.__doc__, "__module__": cls.__module__})
 
 
 def policy_shard_of(resource: str, shards: int) -> int:
@@ -64,20 +81,20 @@ class RayBackends:
             "namespace": settings.namespace,
         }
         self._common = common
-        self._ledger_class = ray.remote(GrantLedger)
+        self._ledger_class = ray.remote(frozen_after_init(GrantLedger))
         self._placement_strategy = PlacementGroupSchedulingStrategy
         self.ledgers = [None] * settings.ledger_shards
         self.replicas = [None] * settings.ledger_shards
         for shard in range(settings.ledger_shards):
             self._create_shard(shard)
         self.policies = [
-            ray.remote(PolicyActor)
+            ray.remote(frozen_after_init(PolicyActor))
             .options(name=f"jitgate-policy-{i}", **common)
             .remote(str(settings.policy_dir), settings.max_duration_s, i)
             for i in range(settings.policy_shards)
         ]
         self.scorers = [
-            ray.remote(RiskScorer).options(name=f"jitgate-risk-{i}", **common).remote(str(settings.risk_model_path))
+            ray.remote(frozen_after_init(RiskScorer)).options(name=f"jitgate-risk-{i}", **common).remote(str(settings.risk_model_path))
             for i in range(settings.risk_scorers)
         ]
         self._next_scorer = itertools.cycle(range(len(self.scorers)))
