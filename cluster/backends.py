@@ -34,7 +34,7 @@ WRITE_FAILOVER_S = 0.5
 def frozen_after_init(cls: type) -> type:
     """Return a subclass of `cls` that takes the objects alive after `__init__` out of garbage collection.
 
-    An actor's process holds Ray's and the libraries' objects, a few hundred thousand of them.
+    An actor's process has a few hundred thousand objects from Ray and the libraries.
     A full collection scans them all and stalls whatever call is running, so the objects of
     start-up go to the permanent generation, as in the ingress replicas.
     """

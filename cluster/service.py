@@ -185,10 +185,10 @@ class AccessService:
         body_sha256 = hashlib.sha256(canonical_json(body.model_dump(mode="json")).encode()).hexdigest()
         now_ms = self.clock.now_ms()
         context = body.context.model_dump(mode="json")
-        # A retry is decided again and then answered by the ledger, whose commit refuses a taken
-        # idempotency key and returns the stored result. That saves the common first attempt a
-        # Redis read. Only when deciding fails (the resource left the catalog since, say) is
-        # the stored result looked up here, so a retry never gets an error its first attempt did not.
+        # A retry is decided again, and the ledger returns the stored result, because its commit
+        # refuses a taken idempotency key. That saves the common first attempt a Redis read. Only
+        # when deciding fails (the resource left the catalog since, say) is the stored result
+        # looked up here, so a retry never gets an error that its first attempt did not get.
         try:
             attributes = self._principal_attributes(caller, principal, body.principal_attributes)
             item = self._decision_item(principal, attributes, body.resource, body.role, body.duration_s, context, now_ms)

@@ -315,9 +315,10 @@ class GrantLedger:
                     refused[i] = error
                     continue
                 planned.append((i, plan, request, grant))
-            # The commit script refuses a planned item whose idempotency key is taken, so only a
-            # refused item needs the lookup: a retry whose first attempt was stored (and, say,
-            # holds the active grant that refused it now) gets its stored result, not the error.
+            # The commit script refuses a planned item whose idempotency key is taken, so only
+            # items that planning refused need the lookup: a retry whose first attempt was stored
+            # (and whose grant, still active, makes planning refuse it now) gets the stored
+            # result, not the error.
             existing = await self._stored_idempotent([i for i in refused if items[i].idempotency_key is not None], items)
             for i, error in refused.items():
                 if i not in existing:
