@@ -36,7 +36,7 @@ from cluster.events import EventSource, map_event, verify
 from cluster.reads import RedisReader
 from cluster.settings import Settings
 from cluster.views import grant_view, request_view, result_view
-from jitgate.errors import Forbidden, IdempotencyMismatch, InvalidInput, JitError, NotFound, Unauthenticated
+from jitgate.errors import Forbidden, IdempotencyMismatch, InvalidInput, NotFound, Unauthenticated
 from jitgate.models import (
     AccessRequestCreate,
     CheckBatchBody,
@@ -183,22 +183,16 @@ class AccessService:
         if principal != submitter:
             self.require_scope(caller, "submit_for_others")
         body_sha256 = hashlib.sha256(canonical_json(body.model_dump(mode="json")).encode()).hexdigest()
+        if idempotency_key is not None:
+            replayed = await self.reader.idempotent_result(submitter, idempotency_key)
+            if replayed is not None:
+                return self._replay(replayed, idempotency_key, body_sha256), True
+
         now_ms = self.clock.now_ms()
         context = body.context.model_dump(mode="json")
-        # A retry is decided again, and the ledger returns the stored result, because its commit
-        # refuses a taken idempotency key. That saves the common first attempt a Redis read. Only
-        # when deciding fails (the resource left the catalog since, say) is the stored result
-        # looked up here, so a retry never gets an error that its first attempt did not get.
-        try:
-            attributes = self._principal_attributes(caller, principal, body.principal_attributes)
-            item = self._decision_item(principal, attributes, body.resource, body.role, body.duration_s, context, now_ms)
-            decision = await self._decisions.submit(item)
-        except JitError:
-            if idempotency_key is not None:
-                replayed = await self.reader.idempotent_result(submitter, idempotency_key)
-                if replayed is not None:
-                    return self._replay(replayed, idempotency_key, body_sha256), True
-            raise
+        attributes = self._principal_attributes(caller, principal, body.principal_attributes)
+        item = self._decision_item(principal, attributes, body.resource, body.role, body.duration_s, context, now_ms)
+        decision = await self._decisions.submit(item)
         submission = {
             "request_id": new_request_id(now_ms),
             "submitter": submitter,
