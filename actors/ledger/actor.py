@@ -94,6 +94,7 @@ class GrantLedger:
     async def _run(self) -> None:
         delay_s = 0.1
         while not self._loaded.is_set():
+            _stop_if_cancelled()
             try:
                 await self._load()
             except (Unavailable, OSError, RedisError) as error:
@@ -136,6 +137,7 @@ class GrantLedger:
     async def _follow(self) -> None:
         """Apply transitions that another ledger actor of this shard committed, from the audit stream."""
         while True:
+            _stop_if_cancelled()
             try:
                 entries = await self.client.xread(
                     {shard_key(self.shard, "audit"): self._stream_position}, block=500, count=FOLLOW_BATCH
@@ -512,6 +514,7 @@ class GrantLedger:
     async def _retry_apply(self, grant: GrantRecord) -> None:
         backoff_s = REMOVE_BACKOFF_START_S
         while not await self._try_apply(grant):
+            _stop_if_cancelled()
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, REMOVE_BACKOFF_MAX_S)
 
@@ -528,6 +531,7 @@ class GrantLedger:
             if self.role == "replica" and not took_over and not await self._take_over_if_missed(grant_id, GrantState.REVOKING):
                 return
             while True:
+                _stop_if_cancelled()
                 grant = self.state.grants.get(grant_id)
                 if grant is None or grant.state is not GrantState.REVOKING:
                     return
@@ -629,6 +633,7 @@ class GrantLedger:
 
     async def _expiry_loop(self) -> None:
         while True:
+            _stop_if_cancelled()
             # Cleared before the scan, so a deadline added during the scan wakes the next wait.
             self._wake.clear()
             now_ms = self.clock.now_ms()
@@ -651,3 +656,16 @@ class GrantLedger:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError when the current task has been asked to stop.
+
+    The ledger's loops retry on Redis and provisioner errors. A library that turns the
+    CancelledError of an await into an error of its own, or swallows it, as `wait_for` can in
+    Python 3.11, would keep such a loop running after its task was cancelled, and a shutdown
+    would wait for it forever. `Task.cancelling()` still counts the request.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
