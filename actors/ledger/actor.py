@@ -45,6 +45,8 @@ REPLICA_GRACE_MS = 50
 # Time limit of the first removal attempt at a deadline. A slower target is retried once the grant is revoking.
 DEADLINE_REMOVE_TIMEOUT_S = 0.5
 FOLLOW_BATCH = 500
+# Upper bound of one XREAD in the follow loop: its 0.5 s block plus the 2 s socket timeout.
+FOLLOW_READ_LIMIT_S = 3.0
 
 
 class StaleState(Exception):
@@ -139,9 +141,12 @@ class GrantLedger:
         while True:
             _stop_if_cancelled()
             try:
-                entries = await self.client.xread(
-                    {shard_key(self.shard, "audit"): self._stream_position}, block=500, count=FOLLOW_BATCH
-                )
+                # Bounded, because a blocking read whose cancellation redis-py mishandles can
+                # otherwise wait for a reply that never comes.
+                async with asyncio.timeout(FOLLOW_READ_LIMIT_S):
+                    entries = await self.client.xread(
+                        {shard_key(self.shard, "audit"): self._stream_position}, block=500, count=FOLLOW_BATCH
+                    )
                 for _, messages in entries or ():
                     await self._apply_events(messages)
             except asyncio.CancelledError:
@@ -318,8 +323,8 @@ class GrantLedger:
                     continue
                 planned.append((i, plan, request, grant))
             # The commit script refuses a planned item whose idempotency key is taken, so only
-            # items that planning refused need the lookup: a retry whose first attempt was stored
-            # (and whose grant, still active, makes planning refuse it now) gets the stored
+            # items that planning refused need the lookup. A retry whose first attempt was stored
+            # can be refused by planning, because its own grant is active; it gets the stored
             # result, not the error.
             existing = await self._stored_idempotent([i for i in refused if items[i].idempotency_key is not None], items)
             for i, error in refused.items():
@@ -661,10 +666,10 @@ class GrantLedger:
 def _stop_if_cancelled() -> None:
     """Raise CancelledError when the current task has been asked to stop.
 
-    The ledger's loops retry on Redis and provisioner errors. A library that turns the
-    CancelledError of an await into an error of its own, or swallows it, as `wait_for` can in
-    Python 3.11, would keep such a loop running after its task was cancelled, and a shutdown
-    would wait for it forever. `Task.cancelling()` still counts the request.
+    The ledger's loops retry on Redis and provisioner errors. A library may turn the
+    CancelledError of an await into an error of its own, or swallow it, as `wait_for` can in
+    Python 3.11. Such a loop would then keep running after its task was cancelled, and a
+    shutdown would wait for it forever. `Task.cancelling()` still counts the request.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
