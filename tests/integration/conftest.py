@@ -15,6 +15,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import wait_for
+
 
 def new_resource() -> str:
     return f"redis://target/t{uuid.uuid4().hex[:10]}"
@@ -34,6 +36,23 @@ def answers_by_replica(send: Callable[[], httpx.Response], allowed: Callable[[ht
         response = send()
         seen.setdefault(response.headers["x-jitgate-replica"], set()).add(allowed(response))
     return seen
+
+
+def revoke_and_wait_for_denials(admin: httpx.Client, grant_id: str, send: Callable[[], httpx.Response],
+                                allowed: Callable[[httpx.Response], bool], *, timeout_s: float, message: str) -> None:
+    """Check that both ingress replicas allow, revoke the grant, then wait until both deny."""
+    before = answers_by_replica(send, allowed)
+    assert len(before) == 2, before
+    assert all(values == {True} for values in before.values()), before
+
+    revoked = admin.post(f"/v1/grants/{grant_id}/revoke", json={"reason": "incident over"})
+    assert revoked.status_code == 200, revoked.text
+
+    def all_replicas_deny() -> bool:
+        seen = answers_by_replica(send, allowed)
+        return len(seen) == 2 and all(values == {False} for values in seen.values())
+
+    wait_for(all_replicas_deny, timeout_s=timeout_s, message=message)
 
 
 def free_port() -> int:

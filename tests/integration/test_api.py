@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from tests.conftest import wait_for
-from tests.integration.conftest import answers_by_replica, new_resource, submit
+from tests.integration.conftest import new_resource, revoke_and_wait_for_denials, submit
 
 pytestmark = pytest.mark.integration
 
@@ -204,19 +204,10 @@ def test_revoke_seen_by_check_on_every_replica(cluster):
     def allowed(response):
         return response.json()["allowed"]
 
-    before = answers_by_replica(send, allowed)
-    assert len(before) == 2, before
-    assert all(values == {True} for values in before.values()), before
-
-    revoked = admin.post(f"/v1/grants/{grant['id']}/revoke", json={"reason": "incident over"})
-    assert revoked.status_code == 200, revoked.text
-
-    def all_replicas_deny() -> bool:
-        seen = answers_by_replica(send, allowed)
-        return len(seen) == 2 and all(values == {False} for values in seen.values())
-
     # The cache TTL is 30 s in this cluster, so only the invalidation can make this pass in time.
-    wait_for(all_replicas_deny, timeout_s=1.0, message="every replica answers false after the revoke")
+    revoke_and_wait_for_denials(
+        admin, grant["id"], send, allowed, timeout_s=1.0, message="every replica returns false after the revoke",
+    )
     wait_for(lambda: admin.get(f"/v1/grants/{grant['id']}").json()["state"] == "revoked", timeout_s=2)
 
 

@@ -190,6 +190,15 @@ def batch_checks(shards: int = 2, cache_ttl_ms: int = 0):
     return BatchChecks(backends, directory(), shards, clock.now_ms, CheckCache(cache_ttl_ms)), backends, clock
 
 
+def check_alice(checks) -> tuple:
+    """Run one batch check of alice's read access to RESOURCE: returns (allowed, expires_ms) arrays."""
+    return asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))
+
+
+def alice_allowed(checks) -> list[bool]:
+    return check_alice(checks)[0].tolist()
+
+
 def test_batch_answers_in_input_order():
     checks, backends, clock = batch_checks(shards=2)
     principals = ["alice", "bob", "carol", "dave", "erin"]
@@ -210,9 +219,9 @@ def test_batch_answers_in_input_order():
 def test_batch_never_allows_past_expiry():
     checks, backends, clock = batch_checks(shards=1)
     grant_for(backends.states[0], clock, "alice", duration_s=60)
-    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [True]
+    assert alice_allowed(checks) == [True]
     clock.advance(60)
-    allowed, expires_ms = asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))
+    allowed, expires_ms = check_alice(checks)
     assert allowed.tolist() == [False]
     assert expires_ms.tolist() == [0]
 
@@ -263,19 +272,19 @@ def test_cached_batch_skips_ledgers():
 def test_cached_batch_true_ends_at_expiry():
     checks, backends, clock = batch_checks(shards=1, cache_ttl_ms=60_000)
     grant_for(backends.states[0], clock, "alice", duration_s=10)
-    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [True]
+    assert alice_allowed(checks) == [True]
     clock.advance(9.999)
-    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [True]
+    assert alice_allowed(checks) == [True]
     clock.advance(0.001)
-    allowed, expires_ms = asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))
+    allowed, expires_ms = check_alice(checks)
     assert allowed.tolist() == [False]
     assert expires_ms.tolist() == [0]
 
 
 def test_invalidation_reaches_cached_batch():
     checks, backends, clock = batch_checks(shards=1, cache_ttl_ms=60_000)
-    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [False]
+    assert alice_allowed(checks) == [False]
     grant_for(backends.states[0], clock, "alice")
-    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [False]
+    assert alice_allowed(checks) == [False]
     checks.cache.invalidate(("alice", RESOURCE, "read"))
-    assert asyncio.run(checks.check(["alice"], [RESOURCE], ["read"]))[0].tolist() == [True]
+    assert alice_allowed(checks) == [True]
