@@ -321,10 +321,7 @@ class RiskModel:
             if values is None:
                 codes_by_column.append([0] * n_rows)
                 continue
-            values = np.asarray(values)
-            if values.dtype.kind not in "iu":
-                raise TypeError(f"column {name!r}: expected an integer array, got dtype {values.dtype}")
-            codes_by_column.append([codes_of.get(value, 0) for value in values.tolist()])
+            codes_by_column.append([codes_of.get(value, 0) for value in _integer_column(name, values).tolist()])
         rows = []
         for row_codes in zip(*codes_by_column):
             row = []
@@ -361,10 +358,7 @@ class RiskModel:
     def _column_codes(self, name: str, vocabulary: np.ndarray, values: np.ndarray | None, n_rows: int) -> np.ndarray:
         if values is None:
             return np.zeros(n_rows, dtype=np.int64)
-        values = np.asarray(values)
-        if values.dtype.kind not in "iu":
-            raise TypeError(f"column {name!r}: expected an integer array, got dtype {values.dtype}")
-        values = values.astype(np.int64, copy=False)
+        values = _integer_column(name, values)
         if vocabulary.size == 0:
             return np.zeros(n_rows, dtype=np.int64)
         position = np.searchsorted(vocabulary, values)
@@ -504,6 +498,14 @@ def _common_length(columns: Mapping[str, np.ndarray]) -> int:
     if len(distinct) != 1:
         raise ValueError(f"columns differ in length: {lengths}")
     return distinct.pop()
+
+
+def _integer_column(name: str, values: np.ndarray) -> np.ndarray:
+    """Return the raw ids of column `name` as int64, or raise TypeError when they are not integers."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"column {name!r}: expected an integer array, got dtype {values.dtype}")
+    return values.astype(np.int64, copy=False)
 
 
 def parse_ids(values: Sequence[object]) -> np.ndarray:
