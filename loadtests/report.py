@@ -73,7 +73,7 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
 def _table_lines(results: dict[str, Any]) -> list[str]:
     lines = ["| figure | value | target | met | server cores |", "| --- | ---: | ---: | :---: | ---: |"]
     for row in results["table"]:
-        # Ratios below 10 get two decimals, so that 0.14 does not read as 0.1.
+        # Values below 10, such as the ratios, get two decimals, so that 0.14 does not read as 0.1.
         digits = 2 if isinstance(row["value"], float) and abs(row["value"]) < 10 else 1
         lines.append(
             f"| {row['figure']} | {_fmt(row['value'], digits)} | {row.get('target', '')} | {row.get('met', '')} | {_fmt(row.get('server_cores'), 2)} |"

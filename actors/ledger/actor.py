@@ -45,8 +45,10 @@ REPLICA_GRACE_MS = 50
 # Time limit of the first removal attempt at a deadline. A slower target is retried once the grant is revoking.
 DEADLINE_REMOVE_TIMEOUT_S = 0.5
 FOLLOW_BATCH = 500
-# Upper bound of one XREAD in the follow loop: its 0.5 s block plus the 2 s socket timeout.
-FOLLOW_READ_LIMIT_S = 3.0
+FOLLOW_BLOCK_MS = 500
+REDIS_SOCKET_TIMEOUT_S = 2.0
+# Upper bound of one XREAD in the follow loop: its block, the socket timeout and 0.5 s of slack.
+FOLLOW_READ_LIMIT_S = FOLLOW_BLOCK_MS / 1000 + REDIS_SOCKET_TIMEOUT_S + 0.5
 
 
 class StaleState(Exception):
@@ -67,7 +69,7 @@ class GrantLedger:
         self.review_window_s = int(config["review_window_s"])
         self.clock = clock or SystemClock()
         self.client = aioredis.Redis.from_url(
-            config["redis_url"], socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5
+            config["redis_url"], socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=2.0, health_check_interval=5
         )
         self.store = LedgerStore(self.client, shard)
         self.state = ShardState()
@@ -145,7 +147,7 @@ class GrantLedger:
                 # otherwise wait for a reply that never comes.
                 async with asyncio.timeout(FOLLOW_READ_LIMIT_S):
                     entries = await self.client.xread(
-                        {shard_key(self.shard, "audit"): self._stream_position}, block=500, count=FOLLOW_BATCH
+                        {shard_key(self.shard, "audit"): self._stream_position}, block=FOLLOW_BLOCK_MS, count=FOLLOW_BATCH
                     )
                 for _, messages in entries or ():
                     await self._apply_events(messages)
@@ -311,7 +313,7 @@ class GrantLedger:
             await lock.acquire()
         try:
             planned: list[tuple[int, Plan, RequestRecord, GrantRecord | None]] = []
-            refused: dict[int, JitError] = {}
+            rejected: dict[int, JitError] = {}
             for i in indexes:
                 try:
                     plan, request, grant = plan_submit(
@@ -319,15 +321,15 @@ class GrantLedger:
                         review_window_s=self.review_window_s,
                     )
                 except JitError as error:
-                    refused[i] = error
+                    rejected[i] = error
                     continue
                 planned.append((i, plan, request, grant))
-            # The commit script refuses a planned item whose idempotency key is taken, so only
-            # items that planning refused need the lookup. A retry whose first attempt was stored
-            # can be refused by planning, because its own grant is active; it gets the stored
-            # result, not the error.
-            existing = await self._stored_idempotent([i for i in refused if items[i].idempotency_key is not None], items)
-            for i, error in refused.items():
+            # The commit script rejects a planned item whose idempotency key is taken, so only
+            # items that planning rejected need the lookup. Planning can reject a retry whose
+            # first attempt was stored, because that attempt's grant is active. The retry then
+            # gets the stored result instead of the error.
+            existing = await self._stored_idempotent([i for i in rejected if items[i].idempotency_key is not None], items)
+            for i, error in rejected.items():
                 if i not in existing:
                     results[i] = error
             outcomes = await self._persist_many([plan for _, plan, _, _ in planned]) if planned else []
