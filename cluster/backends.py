@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from actors.ledger import ledger_shard
+from cluster.channel import CHANNEL_METHODS, Channel, ChannelLost, served
 from cluster.settings import Settings
 from jitgate.errors import JitError, Unavailable
 
@@ -29,6 +30,7 @@ READ_FAILOVER_S = 0.25
 # replica. Each submission carries an idempotency key that the commit checks, so one of the two
 # stores it and the other replays it. Other writes are not resent.
 WRITE_FAILOVER_S = 0.5
+LEDGER = "GrantLedger"
 
 
 def frozen_after_init(cls: type) -> type:
@@ -81,20 +83,22 @@ class RayBackends:
             "namespace": settings.namespace,
         }
         self._common = common
-        self._ledger_class = ray.remote(frozen_after_init(GrantLedger))
+        self._channels: dict[int, Channel] = {}
+        self._node_id = ray.get_runtime_context().get_node_id()
+        self._ledger_class = ray.remote(frozen_after_init(served(GrantLedger)))
         self._placement_strategy = PlacementGroupSchedulingStrategy
         self.ledgers = [None] * settings.ledger_shards
         self.replicas = [None] * settings.ledger_shards
         for shard in range(settings.ledger_shards):
             self._create_shard(shard)
         self.policies = [
-            ray.remote(frozen_after_init(PolicyActor))
+            ray.remote(frozen_after_init(served(PolicyActor)))
             .options(name=f"jitgate-policy-{i}", **common)
             .remote(str(settings.policy_dir), settings.max_duration_s, i)
             for i in range(settings.policy_shards)
         ]
         self.scorers = [
-            ray.remote(frozen_after_init(RiskScorer)).options(name=f"jitgate-risk-{i}", **common).remote(str(settings.risk_model_path))
+            ray.remote(frozen_after_init(served(RiskScorer))).options(name=f"jitgate-risk-{i}", **common).remote(str(settings.risk_model_path))
             for i in range(settings.risk_scorers)
         ]
         self._next_scorer = itertools.cycle(range(len(self.scorers)))
@@ -135,10 +139,24 @@ class RayBackends:
             logger.info("placement group %s exists already (%s); using it", name, error)
             return get_placement_group(name)
 
-    async def _result(self, ref: Any) -> Any:
-        """Await an actor call, raising the actor's own `JitError` instead of Ray's wrapper."""
+    async def _call(self, handle: Any, kind: str, method: str, *args: Any) -> Any:
+        """Call an actor method over its channel when one is connected, else through Ray.
+
+        A call whose channel breaks is sent again through Ray, which waits for a restarting actor.
+        Raises the actor's own `JitError` instead of Ray's wrapper.
+        """
+        if self.settings.actor_channels and method in CHANNEL_METHODS[kind]:
+            channel = self._channels.get(id(handle))
+            if channel is None or channel.handle is not handle:
+                channel = self._channels[id(handle)] = Channel(handle, self._node_id)
+            if channel.connected:
+                try:
+                    return await channel.call(method, *args)
+                except ChannelLost:
+                    logger.info("%s.%s: actor channel lost; sending the call through Ray", kind, method)
+            channel.connect_soon()
         try:
-            return await ref
+            return await getattr(handle, method).remote(*args)
         except self._ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, JitError):
                 raise error.cause from None
@@ -146,9 +164,9 @@ class RayBackends:
                 raise error.cause from None
             raise
 
-    async def _await(self, ref: Any, what: str) -> Any:
+    async def _await(self, call: Any, what: str) -> Any:
         try:
-            return await asyncio.wait_for(self._result(ref), timeout=ACTOR_CALL_TIMEOUT_S)
+            return await asyncio.wait_for(call, timeout=ACTOR_CALL_TIMEOUT_S)
         except (
             asyncio.TimeoutError,
             self._ray.exceptions.RayActorError,
@@ -162,7 +180,7 @@ class RayBackends:
         try:
             if method == "submit_many":
                 return await self._submit_with_failover(shard, *args)
-            return await self._await(getattr(self.ledgers[shard], method).remote(*args), f"ledger shard {shard}")
+            return await self._await(self._call(self.ledgers[shard], LEDGER, method, *args), f"ledger shard {shard}")
         except Unavailable as error:
             if isinstance(error.__cause__, self._ray.exceptions.RayActorError) and not isinstance(
                 error.__cause__, self._ray.exceptions.ActorUnavailableError
@@ -175,31 +193,31 @@ class RayBackends:
 
     async def _submit_with_failover(self, shard: int, *args: Any) -> Any:
         """Store submissions through the primary, or through the replica when the primary is slow or restarting."""
-        primary = self.ledgers[shard].submit_many.remote(*args)
+        primary = self._call(self.ledgers[shard], LEDGER, "submit_many", *args)
         try:
-            return await asyncio.wait_for(self._result(primary), timeout=WRITE_FAILOVER_S)
+            return await asyncio.wait_for(primary, timeout=WRITE_FAILOVER_S)
         except (asyncio.TimeoutError, self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError) as error:
             logger.warning("ledger shard %d primary did not respond to a submission (%r); sending it to the replica", shard, error)
-            return await self._await(self.replicas[shard].submit_many.remote(*args), f"ledger replica {shard}")
+            return await self._await(self._call(self.replicas[shard], LEDGER, "submit_many", *args), f"ledger replica {shard}")
 
     async def ledger_read(self, shard: int, method: str, *args: Any) -> Any:
         """Call a read-only method on the shard's primary, or on its replica when the primary times out."""
-        primary = getattr(self.ledgers[shard], method).remote(*args)
+        primary = self._call(self.ledgers[shard], LEDGER, method, *args)
         try:
-            return await asyncio.wait_for(self._result(primary), timeout=READ_FAILOVER_S)
+            return await asyncio.wait_for(primary, timeout=READ_FAILOVER_S)
         except (asyncio.TimeoutError, self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError):
-            return await self._await(getattr(self.replicas[shard], method).remote(*args), f"ledger replica {shard}")
+            return await self._await(self._call(self.replicas[shard], LEDGER, method, *args), f"ledger replica {shard}")
 
     async def policy(self, shard: int, method: str, *args: Any) -> Any:
-        return await self._await(getattr(self.policies[shard], method).remote(*args), f"policy shard {shard}")
+        return await self._await(self._call(self.policies[shard], "PolicyActor", method, *args), f"policy shard {shard}")
 
     async def risk(self, method: str, *args: Any) -> Any:
         index = next(self._next_scorer)
-        return await self._await(getattr(self.scorers[index], method).remote(*args), f"risk scorer {index}")
+        return await self._await(self._call(self.scorers[index], "RiskScorer", method, *args), f"risk scorer {index}")
 
     async def wait_ready(self) -> None:
         await asyncio.gather(*(self.ledger(i, "ready") for i in range(len(self.ledgers))))
-        await asyncio.gather(*(self._await(r.ready.remote(), "ledger replica") for r in self.replicas))
+        await asyncio.gather(*(self._await(self._call(r, LEDGER, "ready"), "ledger replica") for r in self.replicas))
         await asyncio.gather(*(self.policy(i, "version") for i in range(len(self.policies))))
 
 

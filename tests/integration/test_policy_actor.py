@@ -122,3 +122,44 @@ def test_restarted_actor_reloads_bundle(policy_actor):
     result = ray.get(policy_actor.decide.remote([REQUEST]), timeout=60)[0]
     assert result["effect"] == "allow"
     assert result["policy_version"] == version
+
+
+def test_channel_answers_as_ray_does_and_follows_a_restart(ray_cluster, tmp_path):
+    import asyncio
+
+    from cluster.channel import Channel, ChannelLost, served
+
+    bundle_dir = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "policies")
+    actor = ray.remote(served(PolicyActor)).options(max_restarts=-1, max_task_retries=-1, num_cpus=0).remote(
+        str(bundle_dir), GLOBAL_MAX_S, 0
+    )
+    items = [REQUEST, {**REQUEST, "risk_score": 60.0}]
+
+    async def connected(channel: Channel) -> None:
+        async with asyncio.timeout(60):
+            while not channel.connected:
+                channel.connect_soon()
+                await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        channel = Channel(actor, ray.get_runtime_context().get_node_id())
+        await connected(channel)
+        through_ray = await actor.decide.remote(items)
+        assert await channel.call("decide", items) == through_ray
+        with pytest.raises(ValueError, match="not served"):
+            await channel.call("load_bundle", str(bundle_dir))
+
+        ray.kill(actor, no_restart=False)
+        async with asyncio.timeout(30):
+            while channel.connected:
+                await asyncio.sleep(0.01)
+        with pytest.raises(ChannelLost):
+            await channel.call("decide", items)
+        # The restarted actor serves a new socket, which the channel finds through Ray.
+        await connected(channel)
+        assert await channel.call("decide", items) == through_ray
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        ray.kill(actor)

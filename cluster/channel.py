@@ -1,0 +1,245 @@
+"""A same-host fast path for the hot actor calls: a Unix socket beside Ray's own transport.
+
+On a 2-core host a Ray actor call took about 1.5 ms (p50) and 1.7 ms of CPU in caller and
+callee together. The same call over a Unix socket took 0.15 ms and 0.35 ms of CPU. An access
+request makes three such calls (RiskScorer, PolicyActor, GrantLedger), so the ingress sends
+the methods named in `CHANNEL_METHODS` over a socket when the actor runs on its own node.
+
+Ray stays in charge of everything else: it creates, places, names and restarts the actors, and
+every call that cannot use a socket goes through Ray. A call whose connection breaks (the actor
+died or restarted) is sent again through Ray, which waits for the restarted actor, exactly as
+Ray resends an actor task after a restart (`max_task_retries=-1`). The hot methods are safe to
+resend: scoring and policy evaluation are pure, and every submission carries an idempotency key.
+
+The socket is a file in the Ray session's socket directory (or a private temporary directory)
+with mode 0600, so only processes of the same user connect; frames are pickles, which is why no
+other user may.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import pickle
+import struct
+import tempfile
+import time
+from typing import Any
+
+logger = logging.getLogger("jitgate.cluster")
+
+# Methods served over the socket, by actor class name. Anything else goes through Ray.
+CHANNEL_METHODS = {
+    "RiskScorer": frozenset({"score", "score_requests_packed", "score_columns"}),
+    "PolicyActor": frozenset({"decide", "decide_packed"}),
+    "GrantLedger": frozenset({"submit_many", "check", "check_entitlements"}),
+}
+# Maximum socket path length on Linux: sun_path has 108 bytes, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+# After a failed connection attempt, calls go through Ray for this long before the next attempt.
+RECONNECT_AFTER_S = 1.0
+# Writers wait for the socket buffer to drain above this many pending bytes.
+DRAIN_ABOVE_BYTES = 1 << 20
+
+_HEADER = struct.Struct("!I")
+
+
+class ChannelLost(Exception):
+    """The connection broke before the response arrived, so the call may or may not have run."""
+
+
+def _frame(payload: Any) -> bytes:
+    body = pickle.dumps(payload, protocol=5)
+    return _HEADER.pack(len(body)) + body
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    header = await reader.readexactly(_HEADER.size)
+    return pickle.loads(await reader.readexactly(_HEADER.unpack(header)[0]))
+
+
+def _socket_path(name: str) -> str:
+    """Return a path for the actor's socket: in the Ray session's socket directory when it fits, else in a private directory."""
+    try:
+        import ray
+
+        session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+        path = os.path.join(session_dir, "sockets", f"jg-{name}-{os.getpid()}")
+        if len(path.encode()) <= MAX_SOCKET_PATH:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return path
+    except Exception:  # noqa: BLE001 - outside a Ray worker, or a Ray without that attribute
+        pass
+    return os.path.join(tempfile.mkdtemp(prefix="jg-"), "actor.sock")
+
+
+class ChannelServer:
+    """Serves the `methods` of `target` on a Unix socket, on the actor's event loop."""
+
+    def __init__(self, target: Any, methods: frozenset[str], name: str) -> None:
+        self._target = target
+        self._methods = methods
+        self._name = name
+        self._server: asyncio.AbstractServer | None = None
+        self._path = ""
+        self._starting = asyncio.Lock()
+
+    async def address(self) -> str:
+        async with self._starting:
+            if self._server is None:
+                path = _socket_path(self._name)
+                if os.path.exists(path):
+                    os.unlink(path)
+                self._server = await asyncio.start_unix_server(self._serve, path=path)
+                os.chmod(path, 0o600)
+                self._path = path
+        return self._path
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                call_id, method, args = await _read_frame(reader)
+                if method not in self._methods:
+                    logger.warning("actor channel %s: method %r is not served; call it through Ray", self._name, method)
+                    error = ValueError(f"method {method!r} is not served on the channel; call it through Ray")
+                    await self._respond(writer, call_id, False, error)
+                    continue
+                try:
+                    result = getattr(self._target, method)(*args)
+                except Exception as error:  # noqa: BLE001 - the caller gets the error, as through Ray
+                    await self._respond(writer, call_id, False, error)
+                    continue
+                if asyncio.iscoroutine(result):
+                    asyncio.create_task(self._respond_when_done(writer, call_id, result))
+                else:
+                    await self._respond(writer, call_id, True, result)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _respond_when_done(self, writer: asyncio.StreamWriter, call_id: int, pending: Any) -> None:
+        try:
+            result = await pending
+        except Exception as error:  # noqa: BLE001 - the caller gets the error, as through Ray
+            await self._respond(writer, call_id, False, error)
+        else:
+            await self._respond(writer, call_id, True, result)
+
+    @staticmethod
+    async def _respond(writer: asyncio.StreamWriter, call_id: int, ok: bool, value: Any) -> None:
+        if writer.is_closing():
+            return
+        try:
+            frame = _frame((call_id, ok, value))
+        except Exception as error:  # noqa: BLE001 - an unpicklable result or error
+            logger.warning("actor channel: the result of call %d could not be pickled: %r", call_id, error)
+            frame = _frame((call_id, False, RuntimeError(f"the result could not be pickled: {error!r}")))
+        writer.write(frame)
+        if writer.transport.get_write_buffer_size() > DRAIN_ABOVE_BYTES:
+            try:
+                await writer.drain()
+            except ConnectionError:
+                pass
+
+
+def served(cls: type) -> type:
+    """Return a subclass of actor class `cls` with a `channel_address` method that starts its socket.
+
+    The subclass has an async method, so Ray runs it as an async actor. Its sync methods then
+    run on the event loop thread, one at a time, as before. The socket's calls run on the same
+    loop, so no two methods overlap that could not overlap before.
+    """
+    methods = CHANNEL_METHODS[cls.__name__]
+
+    async def channel_address(self) -> tuple[str, str]:
+        """Return (node id, socket path) of this actor's channel, starting it on first use."""
+        import ray
+
+        server = self.__dict__.get("_channel_server")
+        if server is None:
+            server = self._channel_server = ChannelServer(self, methods, cls.__name__.lower())
+        return ray.get_runtime_context().get_node_id(), await server.address()
+
+    return type(cls.__name__, (cls,), {"channel_address": channel_address, "__doc__": cls.__doc__, "__module__": cls.__module__})
+
+
+class Channel:
+    """The caller's end of one actor's socket, used once `connect_soon` has found the actor on this node."""
+
+    def __init__(self, handle: Any, node_id: str) -> None:
+        self.handle = handle
+        self._node_id = node_id
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count()
+        self._connecting: asyncio.Task | None = None
+        self._retry_at = 0.0
+        self._remote_node = False
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    def connect_soon(self) -> None:
+        """Start connecting in the background unless connected, connecting, remote or recently failed."""
+        if self.connected or self._remote_node or time.monotonic() < self._retry_at:
+            return
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            node_id, path = await self.handle.channel_address.remote()
+            if node_id != self._node_id:
+                self._remote_node = True
+                return
+            reader, writer = await asyncio.open_unix_connection(path)
+        except Exception as error:  # noqa: BLE001 - calls keep going through Ray
+            logger.info("actor channel not available (%r); using Ray calls for %.0f s", error, RECONNECT_AFTER_S)
+            self._retry_at = time.monotonic() + RECONNECT_AFTER_S
+            return
+        self._writer = writer
+        asyncio.create_task(self._read_responses(reader, writer))
+
+    async def _read_responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                call_id, ok, value = await _read_frame(reader)
+                future = self._pending.pop(call_id, None)
+                if future is None or future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except Exception as error:  # noqa: BLE001 - any failure ends this connection
+            logger.info("actor channel closed (%r); calls go through Ray until it reconnects", error)
+        finally:
+            if self._writer is writer:
+                self._writer = None
+            writer.close()
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(ChannelLost())
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Call `method` over the socket; raises `ChannelLost` when the connection is gone."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise ChannelLost()
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        try:
+            writer.write(_frame((call_id, method, args)))
+            if writer.transport.get_write_buffer_size() > DRAIN_ABOVE_BYTES:
+                await writer.drain()
+            return await future
+        except ConnectionError as error:
+            raise ChannelLost() from error
+        finally:
+            self._pending.pop(call_id, None)
