@@ -40,6 +40,8 @@ CHANNEL_METHODS = {
 MAX_SOCKET_PATH = 107
 # After a failed connection attempt, calls go through Ray for this long before the next attempt.
 RECONNECT_AFTER_S = 1.0
+# Limit of one connection attempt: the address lookup waits for a restarting actor.
+CONNECT_TIMEOUT_S = 30.0
 # Writers wait for the socket buffer to drain above this many pending bytes.
 DRAIN_ABOVE_BYTES = 1 << 20
 
@@ -192,11 +194,12 @@ class Channel:
 
     async def _connect(self) -> None:
         try:
-            node_id, path = await self.handle.channel_address.remote()
-            if node_id != self._node_id:
-                self._remote_node = True
-                return
-            reader, writer = await asyncio.open_unix_connection(path)
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                node_id, path = await self.handle.channel_address.remote()
+                if node_id != self._node_id:
+                    self._remote_node = True
+                    return
+                reader, writer = await asyncio.open_unix_connection(path)
         except Exception as error:  # noqa: BLE001 - calls keep going through Ray
             logger.info("actor channel not available (%r); using Ray calls for %.0f s", error, RECONNECT_AFTER_S)
             self._retry_at = time.monotonic() + RECONNECT_AFTER_S
