@@ -22,6 +22,8 @@ from jitgate.errors import Unavailable
 
 logger = logging.getLogger("jitgate.ledger")
 
+# A taken idempotency key wins over the version checks: a submission sent again after its
+# first commit (its actor died before replying) finds its own records, and is replayed.
 # The version compare-and-set prevents two writers (two concurrent approvals, or a primary
 # and a stale former primary after failover) from both resolving the same record. The chain
 # head compare-and-set keeps the audit chain linear when more than one writer is alive.
@@ -32,15 +34,15 @@ local op = cjson.decode(ARGV[1])
 local head = redis.call('GET', op.head_key)
 if not head then head = ARGV[2] end
 if head ~= op.expected_head then return {'head', head} end
+if op.idem then
+  local existing = redis.call('GET', op.idem[1])
+  if existing then return {'idem', existing} end
+end
 for _, check in ipairs(op.checks) do
   local current = tonumber(redis.call('HGET', check[1], 'v') or '0')
   if current ~= check[2] then return {'version', check[1], tostring(current)} end
 end
-if op.idem then
-  local existing = redis.call('GET', op.idem[1])
-  if existing then return {'idem', existing} end
-  redis.call('SET', op.idem[1], op.idem[2])
-end
+if op.idem then redis.call('SET', op.idem[1], op.idem[2]) end
 for _, put in ipairs(op.puts) do
   redis.call('HSET', put[1], 'v', put[2], 'd', put[3])
 end

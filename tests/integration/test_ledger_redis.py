@@ -91,6 +91,33 @@ def test_idempotency_same_and_different_body(redis_server, target_redis):
     asyncio.run(scenario())
 
 
+def test_resent_submission_replays_on_stale_actor(redis_server, target_redis):
+    """A submission sent again to an actor that has not seen its first commit is replayed, not rejected."""
+
+    async def scenario() -> None:
+        stale = GrantLedger(0, config(redis_server, target_redis), role="replica")
+        await stale.ready()
+
+        async def lagging(messages: list) -> None:
+            """Skip the new entries, as a follower that lags behind the stream does."""
+
+        stale._apply_events = lagging
+        primary = GrantLedger(0, config(redis_server, target_redis))
+        first = await primary.submit(submission("req_s", key="k-resent"))
+        assert stale.state.known_version("req_s") == 0
+
+        [again] = await stale.submit_many([submission("req_s", key="k-resent")])
+        assert not isinstance(again, Exception), again
+        assert again["replayed"]
+        assert again["request"]["id"] == first["request"]["id"]
+        assert again["grant"]["id"] == first["grant"]["id"]
+
+    asyncio.run(scenario())
+    client = redis.Redis.from_url(redis_server.url)
+    events = [json.loads(fields[b"e"]) for _, fields in client.xrange(shard_key(0, "audit"))]
+    assert [e["to_state"] for e in events if e["subject"] == "req_s"] == ["approved"]
+
+
 def test_restart_rebuilds_state_and_expires_overdue(redis_server, target_redis):
     async def first_life() -> str:
         ledger = GrantLedger(0, config(redis_server, target_redis))
