@@ -148,7 +148,7 @@ class RayBackends:
         if self.settings.actor_channels and method in CHANNEL_METHODS[kind]:
             channel = self._channels.get(id(handle))
             if channel is None or channel.handle is not handle:
-                channel = self._channels[id(handle)] = Channel(handle, self._node_id)
+                channel = self._channels[id(handle)] = Channel(handle, self._node_id, kind)
             if channel.connected:
                 try:
                     return await channel.call(method, *args)

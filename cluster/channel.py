@@ -11,18 +11,20 @@ died or restarted) is sent again through Ray, which waits for the restarted acto
 Ray resends an actor task after a restart (`max_task_retries=-1`). The hot methods are safe to
 resend: scoring and policy evaluation are pure, and every submission carries an idempotency key.
 
-The socket is a file in the Ray session's socket directory (or a private temporary directory)
-with mode 0600, so only processes of the same user connect; frames are pickles, which is why no
-other user may.
+Each socket is a file with mode 0600 in a directory with mode 0700 (`sockets/jg` in the Ray
+session directory, or a private temporary directory). Frames are pickles, so no other user may
+connect to a socket or put one in its place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import pickle
+import stat
 import struct
 import tempfile
 import time
@@ -62,23 +64,54 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
     return pickle.loads(await reader.readexactly(_HEADER.unpack(header)[0]))
 
 
-def _socket_path(name: str) -> str:
-    """Return a path for the actor's socket: in the Ray session's socket directory when it fits, else in a private directory."""
+def _socket_dir() -> str:
+    """Return a directory for actor sockets that only this user can write to.
+
+    That is `jg` in the Ray session's socket directory, which Ray creates writable for everyone,
+    or else a new private temporary directory. A socket in a directory that others can write to
+    could be replaced by theirs, and the caller unpickles what the socket sends.
+    """
     try:
         import ray
 
         session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
-        path = os.path.join(session_dir, "sockets", f"jg-{name}-{os.getpid()}")
-        if len(path.encode()) <= MAX_SOCKET_PATH:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            return path
+        directory = os.path.join(session_dir, "sockets", "jg")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700:
+            return directory
+        logger.warning("actor socket directory %s is not private to this user; using a temporary one", directory)
     except Exception:  # noqa: BLE001 - outside a Ray worker, or a Ray without that attribute
         pass
-    return os.path.join(tempfile.mkdtemp(prefix="jg-"), "actor.sock")
+    return tempfile.mkdtemp(prefix="jg-")
+
+
+def _remove_dead_sockets(directory: str) -> None:
+    """Remove the sockets of actor processes that are gone; each name ends with the process id."""
+    for name in os.listdir(directory):
+        try:
+            os.kill(int(name.rpartition("-")[2]), 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+        except PermissionError:
+            continue
+
+
+def _socket_path(name: str) -> str:
+    """Return a path for this process's socket: `<name>-<pid>` in `_socket_dir()`, or in a temporary directory when too long."""
+    directory = _socket_dir()
+    _remove_dead_sockets(directory)
+    path = os.path.join(directory, f"{name}-{os.getpid()}")
+    if len(path.encode()) <= MAX_SOCKET_PATH:
+        return path
+    return os.path.join(tempfile.mkdtemp(prefix="jg-"), f"{name}-{os.getpid()}")
 
 
 class ChannelServer:
-    """Serves the `methods` of `target` on a Unix socket, on the actor's event loop."""
+    """Server for the `methods` of `target` on a Unix socket, on the actor's event loop."""
 
     def __init__(self, target: Any, methods: frozenset[str], name: str) -> None:
         self._target = target
@@ -162,7 +195,8 @@ def served(cls: type) -> type:
 
         server = self.__dict__.get("_channel_server")
         if server is None:
-            server = self._channel_server = ChannelServer(self, methods, cls.__name__.lower())
+            # One letter per class keeps the path as short as Ray's own socket paths.
+            server = self._channel_server = ChannelServer(self, methods, cls.__name__[0].lower())
         return ray.get_runtime_context().get_node_id(), await server.address()
 
     return type(cls.__name__, (cls,), {"channel_address": channel_address, "__doc__": cls.__doc__, "__module__": cls.__module__})
@@ -171,9 +205,10 @@ def served(cls: type) -> type:
 class Channel:
     """The caller's end of one actor's socket, used once `connect_soon` has found the actor on this node."""
 
-    def __init__(self, handle: Any, node_id: str) -> None:
+    def __init__(self, handle: Any, node_id: str, name: str = "actor") -> None:
         self.handle = handle
         self._node_id = node_id
+        self._name = name
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count()
@@ -201,13 +236,14 @@ class Channel:
                     return
                 reader, writer = await asyncio.open_unix_connection(path)
         except Exception as error:  # noqa: BLE001 - calls keep going through Ray
-            logger.info("actor channel not available (%r); using Ray calls for %.0f s", error, RECONNECT_AFTER_S)
+            logger.info("%s channel not available (%r); using Ray calls for %.0f s", self._name, error, RECONNECT_AFTER_S)
             self._retry_at = time.monotonic() + RECONNECT_AFTER_S
             return
         self._writer = writer
-        asyncio.create_task(self._read_responses(reader, writer))
+        logger.info("%s channel connected to %s", self._name, path)
+        asyncio.create_task(self._read_responses(reader, writer, path))
 
-    async def _read_responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read_responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> None:
         try:
             while True:
                 call_id, ok, value = await _read_frame(reader)
@@ -219,7 +255,7 @@ class Channel:
                 else:
                     future.set_exception(value)
         except Exception as error:  # noqa: BLE001 - any failure ends this connection
-            logger.info("actor channel closed (%r); calls go through Ray until it reconnects", error)
+            logger.warning("%s channel to %s closed (%r); its calls go through Ray until it reconnects", self._name, path, error)
         finally:
             if self._writer is writer:
                 self._writer = None

@@ -126,6 +126,8 @@ def test_restarted_actor_reloads_bundle(policy_actor):
 
 def test_channel_answers_as_ray_does_and_follows_a_restart(ray_cluster, tmp_path):
     import asyncio
+    import os
+    import stat
 
     from cluster.channel import Channel, ChannelLost, served
 
@@ -144,6 +146,9 @@ def test_channel_answers_as_ray_does_and_follows_a_restart(ray_cluster, tmp_path
     async def scenario() -> None:
         channel = Channel(actor, ray.get_runtime_context().get_node_id())
         await connected(channel)
+        _, path = await actor.channel_address.remote()
+        assert os.path.dirname(path).endswith("/sockets/jg")
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
         through_ray = await actor.decide.remote(items)
         assert await channel.call("decide", items) == through_ray
         with pytest.raises(ValueError, match="not served"):

@@ -222,3 +222,27 @@ def test_channel_backs_off_after_failed_lookup():
         assert not channel.connected
 
     asyncio.run(scenario())
+
+
+def test_dead_sockets_removed_live_kept(tmp_path):
+    import subprocess
+
+    from cluster.channel import _remove_dead_sockets
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead_pid = int(finished.stdout)
+    for name in (f"p-{dead_pid}", f"g-{os.getpid()}", "notes"):
+        (tmp_path / name).write_text("")
+
+    _remove_dead_sockets(str(tmp_path))
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([f"g-{os.getpid()}", "notes"])
+
+
+def test_socket_dir_outside_ray_is_private():
+    from cluster.channel import _socket_path
+
+    path = _socket_path("t")
+    mode = os.stat(os.path.dirname(path)).st_mode
+    assert stat.S_IMODE(mode) == 0o700
+    assert os.path.basename(path) == f"t-{os.getpid()}"
