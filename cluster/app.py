@@ -78,6 +78,12 @@ def problem(status: int, code: str, detail: str, headers: dict[str, str] | None 
 
 def _validation_problem(error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0]
+    if first.get("type") == "json_invalid":
+        # FastAPI puts the character position where parsing stopped after "body" in `loc`.
+        position = first.get("loc", ("body", 0))[-1]
+        reason = (first.get("ctx") or {}).get("error", "JSON decode error")
+        return problem(400, "invalid_input", f"body: not valid JSON, {reason} at character {position}",
+                       field="body", value=f"character {position}")
     location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
     field = ".".join(location) or "body"
     value = first.get("input")

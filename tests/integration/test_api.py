@@ -150,7 +150,11 @@ def test_malformed_body_is_4xx(cluster, body):
 
 def test_invalid_json_and_huge_body(cluster):
     alice = cluster.client("alice")
-    assert alice.post("/v1/requests", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
+    response = alice.post("/v1/requests", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["field"] == "body"
+    assert "not valid JSON" in response.json()["detail"]
+    assert "at character 1" in response.json()["detail"]
     huge = alice.post("/v1/requests", content=b"x" * 2_000_000, headers={"Content-Type": "application/json"})
     assert huge.status_code == 413
 
