@@ -130,7 +130,7 @@ def test_batch_route_validates_body():
 @pytest.mark.parametrize(
     ("content", "field", "detail"),
     [
-        (b"{not json", "1", "1: JSON decode error (got {})"),
+        (b"{not json", "body", "body: not valid JSON, Expecting property name enclosed in double quotes at character 1"),
         (json.dumps({"requests": [{**REQUEST, "duration_s": 0}]}).encode(), "requests.0.duration_s",
          "requests.0.duration_s: Input should be greater than 0 (got 0)"),
         (json.dumps({"requests": [{**REQUEST, "sudo": True}]}).encode(), "requests.0.sudo",
