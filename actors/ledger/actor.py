@@ -127,7 +127,8 @@ class GrantLedger:
         self.head = await self.store.head()
         self._loaded.set()
         logger.info(
-            "ledger shard %d loaded %d pending requests and %d live grants", self.shard, len(requests), len(grants)
+            "ledger shard %d (%s) loaded %d pending requests and %d live grants", self.shard, self.role, len(requests),
+            len(grants),
         )
         for grant in grants:
             if self.role != "primary":

@@ -67,9 +67,10 @@ def _settings(**overrides: Any) -> Any:
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
-        raise InvalidInput(
-            f"invalid setting JITGATE_{field.upper()}: {first['msg']}", field=field, value=first.get("input")
-        ) from None
+        message = f"invalid setting JITGATE_{field.upper()}: {first['msg']}"
+        if first.get("type") == "bool_parsing":
+            message += "; use true or false (also accepted: 1/0, yes/no, on/off)"
+        raise InvalidInput(message, field=field, value=first.get("input")) from None
 
 
 def _run_bootstrap_step(bootstrap: ModuleType, step: str, *args: Any, **kwargs: Any) -> Any:
