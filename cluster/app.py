@@ -244,6 +244,7 @@ class ShardStatsCollector(Collector):
     def __init__(self) -> None:
         self.snapshot: list[dict[str, Any]] = []
         self.cache = (0, 0, 0)
+        self.actor_calls: dict[tuple[str, str], int] = {}
 
     def collect(self):
         gauges = {
@@ -270,6 +271,15 @@ class ShardStatsCollector(Collector):
         yield CounterMetricFamily("jitgate_check_cache_hits", "check answers served from this replica's cache.", value=hits)
         yield CounterMetricFamily("jitgate_check_cache_misses", "check answers fetched from a ledger shard.", value=misses)
         yield GaugeMetricFamily("jitgate_check_cache_entries", "Entries in this replica's check cache.", value=size)
+        calls = CounterMetricFamily(
+            "jitgate_actor_calls",
+            "Calls from this replica to the actors, by actor class and transport: 'channel' (the Unix socket), "
+            "'ray' (a Ray actor call) or 'channel_lost' (a broken socket, sent again through Ray).",
+            labels=["actor", "transport"],
+        )
+        for (actor, transport), count in sorted(self.actor_calls.items()):
+            calls.add_metric([actor, transport], count)
+        yield calls
 
 
 def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable[[], str] | None = None) -> FastAPI:
@@ -344,6 +354,7 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
             logger.warning("ledger statistics for /metrics are unavailable: %s", error)
             shard_stats.snapshot = []
         shard_stats.cache = (current.cache.hits, current.cache.misses, len(current.cache))
+        shard_stats.actor_calls = dict(getattr(current.backends, "call_counts", {}))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/v1/requests", status_code=201, response_model=RequestResult)

@@ -8,6 +8,7 @@ for tests of the service logic. Both expose the same three coroutines.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import itertools
 import logging
@@ -84,6 +85,8 @@ class RayBackends:
         }
         self._common = common
         self._channels: dict[int, Channel] = {}
+        # Calls per (actor class, transport), exported by /metrics.
+        self.call_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._node_id = ray.get_runtime_context().get_node_id()
         self._ledger_class = ray.remote(frozen_after_init(served(GrantLedger)))
         self._placement_strategy = PlacementGroupSchedulingStrategy
@@ -151,10 +154,15 @@ class RayBackends:
                 channel = self._channels[id(handle)] = Channel(handle, self._node_id, kind)
             if channel.connected:
                 try:
-                    return await channel.call(method, *args)
+                    result = await channel.call(method, *args)
                 except ChannelLost:
                     logger.info("%s.%s: actor channel lost; sending the call through Ray", kind, method)
+                    self.call_counts[kind, "channel_lost"] += 1
+                else:
+                    self.call_counts[kind, "channel"] += 1
+                    return result
             channel.connect_soon()
+        self.call_counts[kind, "ray"] += 1
         try:
             return await getattr(handle, method).remote(*args)
         except self._ray.exceptions.RayTaskError as error:

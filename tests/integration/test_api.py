@@ -332,3 +332,18 @@ def test_chunked_huge_body_is_413(cluster):
 
     response = cluster.client("alice").post("/v1/requests", content=chunks(), headers={"Content-Type": "application/json"})
     assert response.status_code == 413, response.text
+
+
+def test_metrics_count_actor_calls_by_transport(cluster):
+    alice = cluster.client("alice")
+
+    def channel_calls_reported() -> str | None:
+        assert submit(alice, new_resource(), duration_s=60).status_code == 201
+        text = alice.get("/metrics").text
+        wanted = [f'jitgate_actor_calls_total{{actor="{actor}",transport="channel"}}'
+                  for actor in ("GrantLedger", "PolicyActor", "RiskScorer")]
+        return text if all(line in text for line in wanted) else None
+
+    text = wait_for(channel_calls_reported, timeout_s=30, interval_s=0.1, message="channel calls in /metrics")
+    assert "# TYPE jitgate_actor_calls_total counter" in text
+    assert 'transport="ray"' in text
