@@ -214,25 +214,32 @@ class Channel:
         self._ids = itertools.count()
         self._connecting: asyncio.Task | None = None
         self._retry_at = 0.0
-        self._remote_node = False
+        self._never = False
 
     @property
     def connected(self) -> bool:
         return self._writer is not None and not self._writer.is_closing()
 
     def connect_soon(self) -> None:
-        """Start connecting in the background unless connected, connecting, remote or recently failed."""
-        if self.connected or self._remote_node or time.monotonic() < self._retry_at:
+        """Start connecting in the background unless connected, connecting, unusable (another node, no channel) or recently failed."""
+        if self.connected or self._never or time.monotonic() < self._retry_at:
             return
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
+            address = self.handle.channel_address
+        except AttributeError:
+            # An actor started by an older version serves no channel; it keeps its Ray calls.
+            logger.info("%s serves no channel; its calls go through Ray", self._name)
+            self._never = True
+            return
+        try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                node_id, path = await self.handle.channel_address.remote()
+                node_id, path = await address.remote()
                 if node_id != self._node_id:
-                    self._remote_node = True
+                    self._never = True
                     return
                 reader, writer = await asyncio.open_unix_connection(path)
         except Exception as error:  # noqa: BLE001 - calls keep going through Ray

@@ -246,3 +246,20 @@ def test_socket_dir_outside_ray_is_private():
     mode = os.stat(os.path.dirname(path)).st_mode
     assert stat.S_IMODE(mode) == 0o700
     assert os.path.basename(path) == f"t-{os.getpid()}"
+
+
+def test_channel_skips_actor_without_channel():
+    async def scenario():
+        handle = SimpleNamespace()
+        channel = Channel(handle, "node-a")
+        channel.connect_soon()
+        await asyncio.sleep(0.05)
+        assert not channel.connected
+        lookups = []
+        handle.channel_address = SimpleNamespace(remote=lambda: lookups.append(1) or _address("node-a", "/nonexistent"))
+        channel.connect_soon()
+        await asyncio.sleep(0.05)
+        assert not channel.connected
+        assert lookups == []
+
+    asyncio.run(scenario())
