@@ -246,15 +246,20 @@ class Channel:
             logger.info("%s channel not available (%r); using Ray calls for %.0f s", self._name, error, RECONNECT_AFTER_S)
             self._retry_at = time.monotonic() + RECONNECT_AFTER_S
             return
-        self._writer = writer
+        # Each connection has its own pending calls, so that the end of an old connection
+        # cannot fail calls already sent on its successor.
+        pending: dict[int, asyncio.Future] = {}
+        self._writer, self._pending = writer, pending
         logger.info("%s channel connected to %s", self._name, path)
-        asyncio.create_task(self._read_responses(reader, writer, path))
+        asyncio.create_task(self._read_responses(reader, writer, pending, path))
 
-    async def _read_responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> None:
+    async def _read_responses(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: dict[int, asyncio.Future], path: str
+    ) -> None:
         try:
             while True:
                 call_id, ok, value = await _read_frame(reader)
-                future = self._pending.pop(call_id, None)
+                future = pending.pop(call_id, None)
                 if future is None or future.done():
                     continue
                 if ok:
@@ -267,19 +272,19 @@ class Channel:
             if self._writer is writer:
                 self._writer = None
             writer.close()
-            pending, self._pending = self._pending, {}
             for future in pending.values():
                 if not future.done():
                     future.set_exception(ChannelLost())
+            pending.clear()
 
     async def call(self, method: str, *args: Any) -> Any:
         """Call `method` over the socket; raises `ChannelLost` when the connection is gone."""
-        writer = self._writer
+        writer, pending = self._writer, self._pending
         if writer is None or writer.is_closing():
             raise ChannelLost()
         call_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = future
+        pending[call_id] = future
         try:
             writer.write(_frame((call_id, method, args)))
             if writer.transport.get_write_buffer_size() > DRAIN_ABOVE_BYTES:
@@ -288,4 +293,4 @@ class Channel:
         except ConnectionError as error:
             raise ChannelLost() from error
         finally:
-            self._pending.pop(call_id, None)
+            pending.pop(call_id, None)
