@@ -31,7 +31,10 @@ READ_FAILOVER_S = 0.25
 # replica. Each submission carries an idempotency key that the commit checks, so one of the two
 # stores it and the other replays it. Other writes are not resent.
 WRITE_FAILOVER_S = 0.5
+# Actor class names, the keys of `CHANNEL_METHODS` and the `actor` label of the call counts.
 LEDGER = "GrantLedger"
+POLICY = "PolicyActor"
+RISK = "RiskScorer"
 
 
 def frozen_after_init(cls: type) -> type:
@@ -172,7 +175,7 @@ class RayBackends:
                 raise error.cause from None
             raise
 
-    async def _await(self, call: Any, what: str) -> Any:
+    async def _await(self, call: Any, label: str) -> Any:
         try:
             return await asyncio.wait_for(call, timeout=ACTOR_CALL_TIMEOUT_S)
         except (
@@ -181,8 +184,8 @@ class RayBackends:
             self._ray.exceptions.ActorUnavailableError,
             self._ray.exceptions.TaskCancelledError,
         ) as error:
-            logger.warning("%s failed: %s", what, error)
-            raise Unavailable(f"{what} is unavailable ({type(error).__name__}); retry shortly", retry_after_s=1) from error
+            logger.warning("%s failed: %s", label, error)
+            raise Unavailable(f"{label} is unavailable ({type(error).__name__}); retry shortly", retry_after_s=1) from error
 
     async def ledger(self, shard: int, method: str, *args: Any) -> Any:
         try:
@@ -217,11 +220,11 @@ class RayBackends:
             return await self._await(self._call(self.replicas[shard], LEDGER, method, *args), f"ledger replica {shard}")
 
     async def policy(self, shard: int, method: str, *args: Any) -> Any:
-        return await self._await(self._call(self.policies[shard], "PolicyActor", method, *args), f"policy shard {shard}")
+        return await self._await(self._call(self.policies[shard], POLICY, method, *args), f"policy shard {shard}")
 
     async def risk(self, method: str, *args: Any) -> Any:
         index = next(self._next_scorer)
-        return await self._await(self._call(self.scorers[index], "RiskScorer", method, *args), f"risk scorer {index}")
+        return await self._await(self._call(self.scorers[index], RISK, method, *args), f"risk scorer {index}")
 
     async def wait_ready(self) -> None:
         await asyncio.gather(*(self.ledger(i, "ready") for i in range(len(self.ledgers))))

@@ -340,9 +340,9 @@ def test_metrics_count_actor_calls_by_transport(cluster):
     def channel_calls_reported() -> str | None:
         assert submit(alice, new_resource(), duration_s=60).status_code == 201
         text = alice.get("/metrics").text
-        wanted = [f'jitgate_actor_calls_total{{actor="{actor}",transport="channel"}}'
+        expected_lines = [f'jitgate_actor_calls_total{{actor="{actor}",transport="channel"}}'
                   for actor in ("GrantLedger", "PolicyActor", "RiskScorer")]
-        return text if all(line in text for line in wanted) else None
+        return text if all(line in text for line in expected_lines) else None
 
     text = wait_for(channel_calls_reported, timeout_s=30, interval_s=0.1, message="channel calls in /metrics")
     assert "# TYPE jitgate_actor_calls_total counter" in text

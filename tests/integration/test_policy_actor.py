@@ -124,7 +124,7 @@ def test_restarted_actor_reloads_bundle(policy_actor):
     assert result["policy_version"] == version
 
 
-def test_channel_answers_as_ray_does_and_follows_a_restart(ray_cluster, tmp_path):
+def test_channel_matches_ray_after_restart(ray_cluster, tmp_path):
     import asyncio
     import os
     import stat

@@ -38,7 +38,7 @@ class Target:
 
 
 class FakeHandle:
-    """Stands in for a Ray actor handle: `channel_address.remote()` returns an awaitable."""
+    """Fake Ray actor handle, whose `channel_address.remote()` returns an awaitable."""
 
     def __init__(self, server: ChannelServer, node_id: str = "node-a") -> None:
         self.server = server
