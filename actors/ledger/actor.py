@@ -165,6 +165,12 @@ class GrantLedger:
                 await asyncio.sleep(0.2)
 
     async def _apply_events(self, messages: list) -> None:
+        if self.role == "primary" and self._write_lock.locked():
+            # The stream can deliver this actor's own commit before the commit's reply, while the
+            # plan is not applied yet. Waiting for the commits in flight keeps their records from
+            # being loaded from Redis as if another actor had written them.
+            async with self._write_lock:
+                pass
         unknown: dict[str, str] = {}
         for message_id, fields in messages:
             self._stream_position = message_id.decode() if isinstance(message_id, bytes) else message_id

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError, TimeoutError as RedisTimeoutError
 
 from actors.domain.audit import GENESIS_HASH
 from actors.domain.lifecycle import GrantRecord, RequestRecord
@@ -90,14 +90,13 @@ class LedgerStore:
         Returns one outcome per plan and the head after the last accepted plan. Once a plan is
         rejected, the plans after it fail the head check and come back with reason "head".
         """
-        pipe = self.client.pipeline(transaction=False)
-        heads = []
+        arguments, heads = [], []
         running = head
         for plan in plans:
             argument, running = encode_plan(plan, shard=self.shard, head=running)
+            arguments.append(argument)
             heads.append(running)
-            await self._script(keys=[], args=[argument, GENESIS_HASH], client=pipe)
-        results = await self._call(pipe.execute(raise_on_error=False))
+        results = await self._run_script(arguments)
         outcomes = []
         accepted_head = head
         for result, new_head in zip(results, heads):
@@ -111,6 +110,28 @@ class LedgerStore:
                 detail = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
                 outcomes.append(CommitOutcome(False, status, detail))
         return outcomes, accepted_head
+
+    async def _run_script(self, arguments: list[str]) -> list[Any]:
+        """Run the commit script once per argument in one pipeline; returns the replies in order.
+
+        The pipeline sends EVALSHA alone. A pipeline that runs redis-py's `Script` sends SCRIPT
+        EXISTS before every execute, one more round trip per commit. After a Redis restart the
+        script cache is empty and EVALSHA returns NOSCRIPT without running the script, so the
+        script is loaded and those calls are sent again.
+        """
+        results = await self._pipeline_evalsha(arguments)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            self._script.sha = await self._call(self.client.script_load(COMMIT_SCRIPT))
+            for i, result in zip(missing, await self._pipeline_evalsha([arguments[i] for i in missing])):
+                results[i] = result
+        return results
+
+    async def _pipeline_evalsha(self, arguments: list[str]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for argument in arguments:
+            pipe.evalsha(self._script.sha, 0, argument, GENESIS_HASH)
+        return await self._call(pipe.execute(raise_on_error=False))
 
     async def load_request(self, request_id: str) -> RequestRecord | None:
         data = await self._call(self.client.hget(request_key(request_id), "d"))

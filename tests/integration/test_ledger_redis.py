@@ -166,3 +166,48 @@ def test_concurrent_approvals_one_grant(redis_server, target_redis):
         assert winners[0]["grant"]["state"] == "active"
 
     asyncio.run(scenario())
+
+
+def test_commit_after_script_flush(redis_server, target_redis):
+    """A commit after the script cache was emptied, as a Redis restart does, loads the script and succeeds."""
+
+    async def scenario() -> None:
+        ledger = GrantLedger(0, config(redis_server, target_redis))
+        await ledger.submit(submission("req_f1", effect="review"))
+        await ledger.client.script_flush()
+        results = await ledger.submit_many([submission("req_f2", effect="review"), submission("req_f3", effect="review")])
+        assert [r["request"]["state"] for r in results] == ["pending", "pending"]
+
+    asyncio.run(scenario())
+    client = redis.Redis.from_url(redis_server.url)
+    entries = client.xrange(shard_key(0, "audit"))
+    assert [json.loads(fields[b"e"])["subject"] for _, fields in entries] == ["req_f1", "req_f2", "req_f3"]
+    assert verify_chain((f[b"e"].decode(), f[b"p"].decode(), f[b"h"].decode()) for _, f in entries) is None
+
+
+def test_primary_skips_loading_own_commits(redis_server, target_redis):
+    """The primary follows the stream for other actors' writes and loads no record of its own commits."""
+
+    async def scenario() -> int:
+        ledger = GrantLedger(0, config(redis_server, target_redis))
+        await ledger.ready()
+        loaded: list[str] = []
+        load_records = ledger.store.load_records
+
+        async def counting(kinds_by_id: dict[str, str]):
+            loaded.extend(kinds_by_id)
+            return await load_records(kinds_by_id)
+
+        ledger.store.load_records = counting
+        batches = [[submission(f"req_o{b}_{i}", effect="review") | {"principal": f"p{b}_{i}"} for i in range(5)] for b in range(40)]
+        for results in await asyncio.gather(*(ledger.submit_many(batch) for batch in batches)):
+            assert all(r["request"]["state"] == "pending" for r in results)
+        last = await ledger.store.stream_position()
+
+        async def followed() -> bool:
+            return ledger._stream_position == last
+
+        await until(followed)
+        return len(loaded)
+
+    assert asyncio.run(scenario()) == 0
