@@ -55,6 +55,8 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 ROUTE_LABEL = "route"
+# Paths of the batch routes end with this; their bodies have a limit of their own.
+BATCH_ROUTE_SUFFIX = ":batch"
 SHARD_LABEL = "shard"
 STATUS_LABEL = "status"
 
@@ -160,7 +162,8 @@ class LimitsAndMetrics:
         self.http_seconds = http_seconds
         self.replica_id = replica_id
 
-    async def _call_with_counted_body(self, scope: Scope, receive: Receive, send: Send, max_body_bytes: int) -> None:
+    async def _call_with_counted_body(self, scope: Scope, receive: Receive, send: Send, max_body_bytes: int,
+                                      batch: bool) -> None:
         """Run the app on a body without Content-Length (chunked), stopping it once the body passes the limit."""
         received = 0
         started = False
@@ -183,7 +186,7 @@ class LimitsAndMetrics:
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge:
             if not started:
-                await _reject_large_body(scope, receive, send, max_body_bytes)
+                await _reject_large_body(scope, receive, send, max_body_bytes, batch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -201,14 +204,17 @@ class LimitsAndMetrics:
             await send(message)
 
         try:
-            max_body_bytes = self.get_service().settings.max_body_bytes
+            settings = self.get_service().settings
+            batch = scope["path"].endswith(BATCH_ROUTE_SUFFIX)
+            max_body_bytes = settings.max_batch_body_bytes if batch else settings.max_body_bytes
             length = _header(scope, b"content-length")
             if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-                response = problem(413, "invalid_input", f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes",
+                response = problem(413, "invalid_input",
+                                   f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes{_split_hint(batch)}",
                                    field="body", value=length, limit=max_body_bytes)
                 await response(scope, receive, send_with_header)
             elif length is None:
-                await self._call_with_counted_body(scope, receive, send_with_header, max_body_bytes)
+                await self._call_with_counted_body(scope, receive, send_with_header, max_body_bytes, batch)
             else:
                 await self.app(scope, receive, send_with_header)
         finally:
@@ -225,10 +231,14 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body exceeds the limit of {max_body_bytes} bytes")
 
 
-async def _reject_large_body(scope: Scope, receive: Receive, send: Send, max_body_bytes: int) -> None:
-    response = problem(413, "invalid_input", f"request body exceeds the limit of {max_body_bytes} bytes",
+async def _reject_large_body(scope: Scope, receive: Receive, send: Send, max_body_bytes: int, batch: bool) -> None:
+    response = problem(413, "invalid_input", f"request body exceeds the limit of {max_body_bytes} bytes{_split_hint(batch)}",
                        field="body", limit=max_body_bytes)
     await response(scope, receive, send)
+
+
+def _split_hint(batch: bool) -> str:
+    return "; split the batch into smaller ones" if batch else ""
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
         default=1000, ge=0, le=60_000, description="Lifetime of a cached check result, capped by the grant expiry."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    max_batch_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024,
+        description="Largest accepted body of `check:batch` and `decisions:batch`, whose item limits need more than `max_body_bytes`.",
+    )
 
     @field_validator("http_port", "dashboard_port")
     @classmethod

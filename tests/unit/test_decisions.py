@@ -89,7 +89,7 @@ class FakeService:
     """The parts of AccessService that the decisions route uses; records the bodies it gets."""
 
     def __init__(self) -> None:
-        self.settings = SimpleNamespace(max_body_bytes=1_048_576)
+        self.settings = SimpleNamespace(max_body_bytes=1_048_576, max_batch_body_bytes=8 * 1_048_576)
         self.bodies: list[DecisionBatchBody] = []
 
     def authenticate(self, authorization: str | None) -> ApiKey:
@@ -150,3 +150,21 @@ def test_batch_route_invalid_body_is_400(content, field, detail):
     if detail is not None:
         assert problem["detail"] == detail
     assert service.bodies == []
+
+
+def test_batch_route_body_limit():
+    """A batch body may pass the limit of single requests, up to the limit of batch bodies."""
+    service = FakeService()
+    large = json.dumps({"requests": [{**REQUEST, "principal_attributes": {"role_title": "t" * 200}}] * 5_000}).encode()
+    assert service.settings.max_body_bytes < len(large) < service.settings.max_batch_body_bytes
+    accepted = post(service, large)
+    assert accepted.status_code == 200, accepted.text[:300]
+    assert len(service.bodies[0].requests) == 5_000
+
+    service.settings.max_batch_body_bytes = 1_048_576
+    rejected = post(service, large)
+    assert rejected.status_code == 413
+    assert rejected.json()["field"] == "body"
+    assert rejected.json()["limit"] == 1_048_576
+    assert rejected.json()["detail"].endswith("split the batch into smaller ones")
+    assert len(service.bodies) == 1
