@@ -36,6 +36,10 @@ MAX_IDLE_WAIT_S = 1.0
 REMOVE_BACKOFF_START_S = 0.05
 REMOVE_BACKOFF_MAX_S = 10.0
 MAX_HEAD_RETRIES = 3
+# Interval of a primary's instance id queries to each target, which notice a restart that lost access.
+TARGET_CHECK_INTERVAL_S = 1.0
+# A slow target may not hold up a load or the watch loop longer than this.
+TARGET_ID_TIMEOUT_S = 0.5
 
 
 # A replica ends a grant only when the primary has not done so this long after the deadline.
@@ -95,6 +99,8 @@ class GrantLedger:
         self._removals: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._stream_position = "0-0"
+        # Instance id of each target (by provisioner name) when this primary last applied its grants.
+        self._target_ids: dict[str, str | None] = {}
         self._spawn(self._run())
 
     # ---- start-up -------------------------------------------------------------------------
@@ -110,6 +116,8 @@ class GrantLedger:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
         self._spawn(self._follow())
+        if self.role == "primary":
+            self._spawn(self._watch_targets())
         await self._expiry_loop()
 
     async def _load(self) -> None:
@@ -129,6 +137,9 @@ class GrantLedger:
             state.put_grant(grant)
         self.state = state
         self.head = await self.store.head()
+        if self.role == "primary":
+            # Taken before the grants below are applied, so a restart after this is noticed.
+            self._target_ids = {name: await _instance_id(p) for name, p in self.provisioners.items()}
         self._loaded.set()
         logger.info(
             "ledger shard %d (%s) loaded %d pending requests and %d live grants", self.shard, self.role, len(requests),
@@ -508,6 +519,31 @@ class GrantLedger:
 
     # ---- provisioning and expiry ----------------------------------------------------------
 
+    async def _watch_targets(self) -> None:
+        """Apply the access of every active grant again on a target whose instance id changed.
+
+        A restarted target may have lost what was applied before: Redis keeps ACL users in
+        memory only, unless it saves them to an ACL file. Applying is idempotent.
+        """
+        while True:
+            _stop_if_cancelled()
+            await asyncio.sleep(TARGET_CHECK_INTERVAL_S)
+            for name, provisioner in list(self.provisioners.items()):
+                current = await _instance_id(provisioner)
+                if current is None:
+                    continue
+                previous = self._target_ids.get(name)
+                self._target_ids[name] = current
+                if previous is None or previous == current:
+                    continue
+                grants = [g for g in self.state.grants.values() if g.state is GrantState.ACTIVE and g.provisioner == name]
+                logger.warning(
+                    "ledger shard %d: target of provisioner %s restarted (instance %s, was %s); applying %d active grants again",
+                    self.shard, name, current, previous, len(grants),
+                )
+                for grant in grants:
+                    self._spawn(self._apply_access(grant))
+
     async def _apply_access(self, grant: GrantRecord) -> None:
         """Apply the access once; when the target rejects it, keep retrying in the background."""
         if not await self._try_apply(grant):
@@ -676,6 +712,13 @@ class GrantLedger:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _instance_id(provisioner: Provisioner) -> str | None:
+    try:
+        return await asyncio.wait_for(provisioner.instance_id(), TARGET_ID_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        return None
 
 
 def _stop_if_cancelled() -> None:

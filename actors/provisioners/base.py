@@ -18,3 +18,9 @@ class Provisioner(Protocol):
 
     def credentials(self, principal: str, resource: str, role: str) -> dict[str, str] | None:
         """Login details for the principal, or None when the target has no login of its own."""
+
+    async def instance_id(self) -> str | None:
+        """Identity of the running target, which changes when a restart may have lost the applied access.
+
+        None when the target is unreachable, or when it keeps its access across restarts.
+        """

@@ -14,3 +14,6 @@ class RecordProvisioner:
 
     def credentials(self, principal: str, resource: str, role: str) -> dict[str, str] | None:
         return None
+
+    async def instance_id(self) -> str | None:
+        return None

@@ -79,6 +79,18 @@ class RedisAclProvisioner:
         except (RedisError, OSError) as error:
             raise ProvisionerError(f"ACL DELUSER {username} on {self.url} failed: {error}") from error
 
+    async def instance_id(self) -> str | None:
+        """Return the target's `run_id`, which changes on restart, or None when the target is unreachable.
+
+        ACL SETUSER changes live in memory only, unless the target saves them to an ACL file.
+        A restarted target therefore has none of the users applied before.
+        """
+        try:
+            info = await self._client.info("server")
+        except (RedisError, OSError):
+            return None
+        return info.get("run_id")
+
     def credentials(self, principal: str, resource: str, role: str) -> dict[str, str] | None:
         try:
             username = acl_username(principal, resource, role)

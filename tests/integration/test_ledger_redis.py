@@ -211,3 +211,26 @@ def test_primary_skips_loading_own_commits(redis_server, target_redis):
         return len(loaded)
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_target_restart_reapplies_access(redis_server, target_redis):
+    """A restarted target Redis has lost its ACL users; the primary applies its active grants again."""
+
+    async def scenario() -> None:
+        ledger = GrantLedger(0, config(redis_server, target_redis))
+        await ledger.ready()
+        stored = await ledger.submit(submission("req_t", duration_s=60))
+        credentials = await ledger.credentials(stored["grant"]["id"], "alice")
+        assert can_login(target_redis, credentials["username"], credentials["password"])
+
+        target_redis.kill()
+        target_redis.restart()
+        assert not can_login(target_redis, credentials["username"], credentials["password"])
+
+        async def restored() -> bool:
+            return can_login(target_redis, credentials["username"], credentials["password"])
+
+        await until(restored, timeout_s=5.0)
+        assert (await ledger.check("alice", RESOURCE, "read"))["allowed"]
+
+    asyncio.run(scenario())
