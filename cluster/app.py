@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Body, FastAPI, Header, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -52,6 +52,8 @@ logger = logging.getLogger("jitgate.cluster")
 # Module level, because the route annotations are strings resolved in module globals.
 Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+# Ids of requests and grants in paths: 26 characters today ("req_" or "grt_" and 22 more), with room to spare.
+RecordId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 ROUTE_LABEL = "route"
@@ -70,6 +72,18 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(item) for item in value]
     return value
+
+
+def known_query_only(request: Request) -> None:
+    """Reject query parameters that the route does not declare, so a misspelled filter is not ignored."""
+    route = request.scope.get("route")
+    known = {param.alias for param in route.dependant.query_params} if route is not None else set()
+    for name, value in request.query_params.multi_items():
+        if name not in known:
+            raise InvalidInput(
+                f"unknown query parameter {name!r}; this route accepts {', '.join(sorted(known)) or 'none'}",
+                field=f"query.{name}"[:100], value=value[:200],
+            )
 
 
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None, **details: Any) -> JSONResponse:
@@ -381,10 +395,10 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
         return json_response(result, status_code=200 if replayed else 201)
 
     @api.get("/v1/requests/{request_id}", response_model=AccessRequest)
-    async def get_request(request_id: str, authorization: Auth = None) -> Any:
+    async def get_request(request_id: RecordId, authorization: Auth = None) -> Any:
         return await service().get_request(caller(authorization), request_id)
 
-    @api.get("/v1/requests")
+    @api.get("/v1/requests", dependencies=[Depends(known_query_only)])
     async def list_requests(
         authorization: Auth = None, state: RequestState | None = None,
         principal: Annotated[str | None, Query(max_length=256)] = None,
@@ -397,18 +411,18 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
         )
 
     @api.post("/v1/requests/{request_id}/reviews", response_model=RequestResult)
-    async def review(request_id: str, body: ReviewCreate, authorization: Auth = None) -> Any:
+    async def review(request_id: RecordId, body: ReviewCreate, authorization: Auth = None) -> Any:
         return await service().review(caller(authorization), request_id, body)
 
     @api.post("/v1/requests/{request_id}/cancel", response_model=AccessRequest)
-    async def cancel(request_id: str, authorization: Auth = None, body: Annotated[CancelBody | None, Body()] = None) -> Any:
+    async def cancel(request_id: RecordId, authorization: Auth = None, body: Annotated[CancelBody | None, Body()] = None) -> Any:
         return await service().cancel(caller(authorization), request_id, body.reason if body else None)
 
     @api.get("/v1/grants/{grant_id}", response_model=Grant)
-    async def get_grant(grant_id: str, authorization: Auth = None) -> Any:
+    async def get_grant(grant_id: RecordId, authorization: Auth = None) -> Any:
         return await service().get_grant(caller(authorization), grant_id)
 
-    @api.get("/v1/grants")
+    @api.get("/v1/grants", dependencies=[Depends(known_query_only)])
     async def list_grants(
         authorization: Auth = None, principal: Annotated[str | None, Query(max_length=256)] = None,
         active: bool | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -417,15 +431,15 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
         return await service().list_grants(caller(authorization), principal=principal, active=active, limit=limit, after=after)
 
     @api.post("/v1/grants/{grant_id}/revoke", response_model=Grant)
-    async def revoke(grant_id: str, body: RevokeBody, authorization: Auth = None) -> Any:
+    async def revoke(grant_id: RecordId, body: RevokeBody, authorization: Auth = None) -> Any:
         return await service().revoke(caller(authorization), grant_id, body)
 
     @api.post("/v1/grants/{grant_id}/extend", response_model=Grant)
-    async def extend(grant_id: str, body: ExtendBody, authorization: Auth = None) -> Any:
+    async def extend(grant_id: RecordId, body: ExtendBody, authorization: Auth = None) -> Any:
         return await service().extend(caller(authorization), grant_id, body)
 
     @api.get("/v1/grants/{grant_id}/credentials", response_model=Credentials)
-    async def credentials(grant_id: str, authorization: Auth = None) -> Any:
+    async def credentials(grant_id: RecordId, authorization: Auth = None) -> Any:
         return await service().credentials(caller(authorization), grant_id)
 
     @api.post("/v1/check", response_model=CheckResult)
@@ -451,7 +465,7 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
         result, replayed = await service().submit_event(source, timestamp=timestamp, signature=signature, body=body)
         return JSONResponse(result, status_code=200 if replayed else 201)
 
-    @api.get("/v1/audit")
+    @api.get("/v1/audit", dependencies=[Depends(known_query_only)])
     async def audit(
         authorization: Auth = None, shard: int | None = None, after: Annotated[str | None, Query(max_length=4096)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,

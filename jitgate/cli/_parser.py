@@ -69,7 +69,7 @@ def _common_options() -> argparse.ArgumentParser:
     # SUPPRESS keeps a value given before the verb from being reset by the verb's own parser.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--profile", default=argparse.SUPPRESS, help="profile of credentials.yaml to use (default: admin)"
+        "--profile", default=argparse.SUPPRESS, help="profile of credentials.yaml to use (default: admin, and replay for the replay verb)"
     )
     common.add_argument("--api-url", default=argparse.SUPPRESS, help="base URL of the HTTP API")
     common.add_argument(
