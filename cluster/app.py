@@ -92,8 +92,20 @@ def problem(status: int, code: str, detail: str, headers: dict[str, str] | None 
     return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
 
 
+def _unparsable_body_reason(cause: BaseException) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"byte {cause.start} is not UTF-8 (send uncompressed UTF-8 JSON)"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    return f"{type(cause).__name__}: {str(cause)[:200]}"
+
+
 def _validation_problem(error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0]
+    if first.get("loc") == ("body",) and isinstance(first.get("input"), bytes):
+        # FastAPI passes the raw bytes on when the Content-Type is not JSON.
+        return problem(400, "invalid_input", "body: expected Content-Type application/json",
+                       field="Content-Type", value="not application/json")
     if first.get("type") == "json_invalid":
         # FastAPI puts the character position where parsing stopped after "body" in `loc`.
         position = first.get("loc", ("body", 0))[-1]
@@ -343,6 +355,10 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
 
     @api.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.__cause__ is not None:
+            # FastAPI raises this for a body that fails to parse other than as invalid JSON text.
+            reason = _unparsable_body_reason(error.__cause__)
+            return problem(400, "invalid_input", f"body: not valid JSON, {reason}", field="body", value=reason)
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "invalid_input")
         return problem(error.status_code, code, f"{request.method} {request.url.path}: {error.detail}")
 

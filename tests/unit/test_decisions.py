@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -100,13 +101,13 @@ class FakeService:
         return {"decisions": [{"effect": "allow"} for _ in body.requests]}
 
 
-def post(service: FakeService, content: bytes) -> httpx.Response:
+def post(service: FakeService, content: bytes, content_type: str = "application/json") -> httpx.Response:
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app(lambda: service))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             return await client.post(
                 "/v1/decisions:batch", content=content,
-                headers={"Content-Type": "application/json", "Authorization": "Bearer x"},
+                headers={"Content-Type": content_type, "Authorization": "Bearer x"},
             )
 
     return asyncio.run(run())
@@ -168,3 +169,22 @@ def test_batch_route_body_limit():
     assert rejected.json()["limit"] == 1_048_576
     assert rejected.json()["detail"].endswith("split the batch into smaller ones")
     assert len(service.bodies) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "field", "detail"),
+    [
+        (b'{"requests": [\xff]}', "application/json", "body", "byte 14 is not UTF-8"),
+        (gzip.compress(b'{"requests": []}'), "application/json", "body", "is not UTF-8 (send uncompressed UTF-8 JSON)"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "body", "nested too deeply"),
+        (json.dumps({"requests": [REQUEST]}).encode(), "text/plain", "Content-Type", "expected Content-Type application/json"),
+    ],
+)
+def test_batch_route_unparsable_body_is_400(content, content_type, field, detail):
+    service = FakeService()
+    response = post(service, content, content_type)
+    assert response.status_code == 400, response.text
+    problem = response.json()
+    assert problem["field"] == field
+    assert detail in problem["detail"]
+    assert service.bodies == []
