@@ -529,20 +529,25 @@ class GrantLedger:
             _stop_if_cancelled()
             await asyncio.sleep(TARGET_CHECK_INTERVAL_S)
             for name, provisioner in list(self.provisioners.items()):
-                current = await _instance_id(provisioner)
-                if current is None:
-                    continue
-                previous = self._target_ids.get(name)
-                self._target_ids[name] = current
-                if previous is None or previous == current:
-                    continue
-                grants = [g for g in self.state.grants.values() if g.state is GrantState.ACTIVE and g.provisioner == name]
-                logger.warning(
-                    "ledger shard %d: target of provisioner %s restarted (instance %s, was %s); applying %d active grants again",
-                    self.shard, name, current, previous, len(grants),
-                )
-                for grant in grants:
-                    self._spawn(self._apply_access(grant))
+                try:
+                    self._reapply_if_restarted(name, await _instance_id(provisioner))
+                except Exception as error:  # noqa: BLE001 - one failed check must not end the watch
+                    logger.warning("ledger shard %d: checking the target of provisioner %s failed: %r", self.shard, name, error)
+
+    def _reapply_if_restarted(self, name: str, current: str | None) -> None:
+        if current is None:
+            return
+        previous = self._target_ids.get(name)
+        self._target_ids[name] = current
+        if previous is None or previous == current:
+            return
+        grants = [g for g in self.state.grants.values() if g.state is GrantState.ACTIVE and g.provisioner == name]
+        logger.warning(
+            "ledger shard %d: target of provisioner %s restarted (instance %s, was %s); applying %d active grants again",
+            self.shard, name, current, previous, len(grants),
+        )
+        for grant in grants:
+            self._spawn(self._apply_access(grant))
 
     async def _apply_access(self, grant: GrantRecord) -> None:
         """Apply the access once; when the target rejects it, keep retrying in the background."""
