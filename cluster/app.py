@@ -57,7 +57,7 @@ RecordId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 ROUTE_LABEL = "route"
-# Paths of the batch routes end with this; their bodies have a limit of their own.
+# Paths of the batch routes end with this. Their bodies have a limit of their own.
 BATCH_ROUTE_SUFFIX = ":batch"
 SHARD_LABEL = "shard"
 STATUS_LABEL = "status"
@@ -212,7 +212,7 @@ class LimitsAndMetrics:
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge:
             if not started:
-                await _reject_large_body(scope, receive, send, max_body_bytes, batch)
+                await _body_too_large(max_body_bytes, batch)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -235,10 +235,7 @@ class LimitsAndMetrics:
             max_body_bytes = settings.max_batch_body_bytes if batch else settings.max_body_bytes
             length = _header(scope, b"content-length")
             if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-                response = problem(413, "invalid_input",
-                                   f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes{_split_hint(batch)}",
-                                   field="body", value=length, limit=max_body_bytes)
-                await response(scope, receive, send_with_header)
+                await _body_too_large(max_body_bytes, batch, length)(scope, receive, send_with_header)
             elif length is None:
                 await self._call_with_counted_body(scope, receive, send_with_header, max_body_bytes, batch)
             else:
@@ -257,14 +254,14 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body exceeds the limit of {max_body_bytes} bytes")
 
 
-async def _reject_large_body(scope: Scope, receive: Receive, send: Send, max_body_bytes: int, batch: bool) -> None:
-    response = problem(413, "invalid_input", f"request body exceeds the limit of {max_body_bytes} bytes{_split_hint(batch)}",
-                       field="body", limit=max_body_bytes)
-    await response(scope, receive, send)
-
-
-def _split_hint(batch: bool) -> str:
-    return "; split the batch into smaller ones" if batch else ""
+def _body_too_large(max_body_bytes: int, batch: bool, length: str | None = None) -> JSONResponse:
+    """Build the 413 problem for a body over `max_body_bytes`. `length` is its Content-Length, when the client sent one."""
+    size = "request body" if length is None else f"request body of {length} bytes"
+    hint = "; split the batch into smaller ones" if batch else ""
+    details: dict[str, Any] = {"field": "body", "limit": max_body_bytes}
+    if length is not None:
+        details["value"] = length
+    return problem(413, "invalid_input", f"{size} exceeds the limit of {max_body_bytes} bytes{hint}", **details)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

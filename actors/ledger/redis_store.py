@@ -112,7 +112,7 @@ class LedgerStore:
         return outcomes, accepted_head
 
     async def _run_script(self, arguments: list[str]) -> list[Any]:
-        """Run the commit script once per argument in one pipeline; returns the replies in order.
+        """Run the commit script once per argument in one pipeline, and return the replies in order.
 
         The pipeline sends EVALSHA alone. A pipeline that runs redis-py's `Script` sends SCRIPT
         EXISTS before every execute, one more round trip per commit. After a Redis restart the
@@ -122,7 +122,8 @@ class LedgerStore:
         results = await self._pipeline_evalsha(arguments)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
-            self._script.sha = await self._call(self.client.script_load(COMMIT_SCRIPT))
+            # SCRIPT LOAD returns the SHA1 of the script text, the same one `register_script` computed.
+            await self._call(self.client.script_load(COMMIT_SCRIPT))
             for i, result in zip(missing, await self._pipeline_evalsha([arguments[i] for i in missing])):
                 results[i] = result
         return results
