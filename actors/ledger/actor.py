@@ -36,7 +36,8 @@ MAX_IDLE_WAIT_S = 1.0
 REMOVE_BACKOFF_START_S = 0.05
 REMOVE_BACKOFF_MAX_S = 10.0
 MAX_HEAD_RETRIES = 3
-# Interval of a primary's instance id queries to each target, which notice a restart that lost access.
+# Seconds between a primary's instance id queries to each target. A changed id means a restart
+# that may have lost the applied access.
 TARGET_CHECK_INTERVAL_S = 1.0
 # A slow target may not hold up a load or the watch loop longer than this.
 TARGET_ID_TIMEOUT_S = 0.5
@@ -532,7 +533,10 @@ class GrantLedger:
                 try:
                     self._reapply_if_restarted(name, await _instance_id(provisioner))
                 except Exception as error:  # noqa: BLE001 - one failed check must not end the watch
-                    logger.warning("ledger shard %d: checking the target of provisioner %s failed: %r", self.shard, name, error)
+                    logger.warning(
+                        "ledger shard %d: checking the target of provisioner %s failed (%r); checking again in %.0f s",
+                        self.shard, name, error, TARGET_CHECK_INTERVAL_S,
+                    )
 
     def _reapply_if_restarted(self, name: str, current: str | None) -> None:
         if current is None:

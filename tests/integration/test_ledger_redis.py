@@ -214,7 +214,7 @@ def test_primary_skips_loading_own_commits(redis_server, target_redis):
 
 
 def test_target_restart_reapplies_access(redis_server, target_redis):
-    """A restarted target Redis has lost its ACL users; the primary applies its active grants again."""
+    """A restarted target Redis has lost its ACL users, so the primary applies its active grants again."""
 
     async def scenario() -> None:
         ledger = GrantLedger(0, config(redis_server, target_redis))

@@ -34,7 +34,7 @@ def run_wrapper(tmp_path: Path, config: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(wrapper), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
 
 
-def test_wrapper_binds_loopback_and_logs_failures_only(tmp_path):
+def test_wrapper_edits_binds_and_logging(tmp_path):
     config = tmp_path / "haproxy.cfg"
     config.write_text(CONFIG.format(metrics_port=49101, stats_port=48404, api_port=48000))
     checked = run_wrapper(tmp_path, config)
