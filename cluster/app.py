@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.service import AccessService
-from jitgate.errors import InvalidInput, JitError, Unavailable, http_status
+from jitgate.errors import InvalidInput, JitError, PayloadTooLarge, Unavailable, http_status
 from jitgate.models import (
     AccessRequest,
     AccessRequestCreate,
@@ -252,6 +252,7 @@ class BodyTooLarge(StarletteHTTPException):
 
     def __init__(self, max_body_bytes: int) -> None:
         super().__init__(413, f"request body exceeds the limit of {max_body_bytes} bytes")
+        self.max_body_bytes = max_body_bytes
 
 
 def _body_too_large(max_body_bytes: int, batch: bool, length: str | None = None) -> JSONResponse:
@@ -261,7 +262,7 @@ def _body_too_large(max_body_bytes: int, batch: bool, length: str | None = None)
     details: dict[str, Any] = {"field": "body", "limit": max_body_bytes}
     if length is not None:
         details["value"] = length
-    return problem(413, "invalid_input", f"{size} exceeds the limit of {max_body_bytes} bytes{hint}", **details)
+    return problem(413, PayloadTooLarge.code, f"{size} exceeds the limit of {max_body_bytes} bytes{hint}", **details)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -352,6 +353,9 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
 
     @api.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if isinstance(error, BodyTooLarge):
+            # Raised while an endpoint reads a chunked body, so it reaches this handler first.
+            return _body_too_large(error.max_body_bytes, request.url.path.endswith(BATCH_ROUTE_SUFFIX))
         if error.status_code == 400 and error.__cause__ is not None:
             # FastAPI raises this for a body that fails to parse other than as invalid JSON text.
             reason = _unparsable_body_reason(error.__cause__)

@@ -17,6 +17,7 @@ from jitgate.errors import (
     InvalidInput,
     JitError,
     NotFound,
+    PayloadTooLarge,
     Unauthenticated,
     Unavailable,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "JitError",
     "NotFound",
     "Page",
+    "PayloadTooLarge",
     "RequestContext",
     "RequestResult",
     "RequestState",

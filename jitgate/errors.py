@@ -5,6 +5,7 @@ and the SDK maps a problem response back to the same class.
 
     JitError
      +-- InvalidInput            400  a field is missing, malformed or out of range
+     |    +-- PayloadTooLarge    413  the request body is over the server's size limit
      +-- Unauthenticated         401  no API key, or an unknown one
      +-- Forbidden               403  the caller may not do this (scope, self-review, policy)
      +-- NotFound                404  no such request, grant or resource
@@ -48,6 +49,10 @@ class InvalidInput(JitError):
     code = "invalid_input"
 
 
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
+
+
 class Unauthenticated(JitError):
     code = "unauthenticated"
 
@@ -78,6 +83,7 @@ class Unavailable(JitError):
 
 HTTP_STATUS: dict[type[JitError], int] = {
     InvalidInput: 400,
+    PayloadTooLarge: 413,
     Unauthenticated: 401,
     Forbidden: 403,
     NotFound: 404,

@@ -157,6 +157,7 @@ def test_invalid_json_and_huge_body(cluster):
     assert "at character 1" in response.json()["detail"]
     huge = alice.post("/v1/requests", content=b"x" * 2_000_000, headers={"Content-Type": "application/json"})
     assert huge.status_code == 413
+    assert huge.json()["code"] == "payload_too_large"
 
 
 def test_missing_or_unknown_key_is_401(cluster):
@@ -332,6 +333,9 @@ def test_chunked_huge_body_is_413(cluster):
 
     response = cluster.client("alice").post("/v1/requests", content=chunks(), headers={"Content-Type": "application/json"})
     assert response.status_code == 413, response.text
+    assert response.json()["code"] == "payload_too_large"
+    assert response.json()["field"] == "body"
+    assert response.json()["limit"] == 1_048_576
 
 
 def test_metrics_count_actor_calls_by_transport(cluster):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,7 +102,7 @@ class FakeService:
         return {"decisions": [{"effect": "allow"} for _ in body.requests]}
 
 
-def post(service: FakeService, content: bytes, content_type: str = "application/json") -> httpx.Response:
+def post(service: FakeService, content: bytes | AsyncIterator[bytes], content_type: str = "application/json") -> httpx.Response:
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app(lambda: service))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -165,10 +166,29 @@ def test_batch_route_body_limit():
     service.settings.max_batch_body_bytes = 1_048_576
     rejected = post(service, large)
     assert rejected.status_code == 413
+    assert rejected.json()["code"] == "payload_too_large"
     assert rejected.json()["field"] == "body"
     assert rejected.json()["limit"] == 1_048_576
     assert rejected.json()["detail"].endswith("split the batch into smaller ones")
     assert len(service.bodies) == 1
+
+
+def test_chunked_batch_body_over_limit():
+    """A body sent without Content-Length is counted while it is read, with the same 413 problem."""
+    service = FakeService()
+    service.settings.max_batch_body_bytes = 1_048_576
+
+    async def chunks():
+        for _ in range(20):
+            yield b"x" * 65_536
+
+    rejected = post(service, chunks())
+    assert rejected.status_code == 413
+    assert rejected.json()["code"] == "payload_too_large"
+    assert rejected.json()["field"] == "body"
+    assert rejected.json()["limit"] == 1_048_576
+    assert rejected.json()["detail"].endswith("split the batch into smaller ones")
+    assert service.bodies == []
 
 
 @pytest.mark.parametrize(

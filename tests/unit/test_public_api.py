@@ -30,6 +30,7 @@ EXPECTED_ALL = [
     "JitError",
     "NotFound",
     "Page",
+    "PayloadTooLarge",
     "RequestContext",
     "RequestResult",
     "RequestState",
