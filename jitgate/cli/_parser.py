@@ -17,6 +17,13 @@ class UsageError(Exception):
 
 
 class _ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes `-5m` for an unknown option and reports "expected one argument" for
+        # `--duration -5m`. A dash followed by a digit is a value here, so that the value's own
+        # check names what is wrong with it.
+        self._negative_number_matcher = re.compile(r"^-\d")
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
@@ -24,6 +31,8 @@ class _ArgumentParser(argparse.ArgumentParser):
 def parse_duration(text: str) -> int:
     """Parse `3600`, `90s`, `30m`, `1h`, `1h30m` or `1d` into whole seconds greater than 0."""
     value = text.strip().lower()
+    if value.startswith("-"):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be greater than 0 seconds")
     if value.isascii() and value.isdigit():
         seconds = int(value)
     else:

@@ -76,6 +76,16 @@ def test_bad_duration_is_usage_error(capsys):
     assert "30m, 1h" in line
 
 
+@pytest.mark.parametrize("value", ["-5m", "-1"])
+def test_negative_duration_separate_argument(capsys, value):
+    exit_code, out, err = run_cli(capsys, "request", "db", "read", "--duration", value, "--reason", "r")
+
+    line = assert_one_error_line(err)
+    assert exit_code == 2
+    assert out == ""
+    assert f"invalid duration '{value}': must be greater than 0 seconds" in line
+
+
 def test_missing_argument_is_usage_error(capsys):
     exit_code, _, err = run_cli(capsys, "review", "r-1", "approve")
 
