@@ -189,6 +189,19 @@ def test_request_access_rejects_invalid_arguments_locally(arguments, field):
     assert recorder.requests == []
 
 
+def test_long_rejected_value_is_shortened():
+    client, recorder = make_client({})
+
+    with pytest.raises(jitgate.InvalidInput) as caught:
+        client.request_access("db", "read", 3600, "x" * 2_000_000)
+
+    assert caught.value.details["field"] == "reason"
+    assert len(caught.value.message) < 500
+    assert caught.value.message.endswith("... (2000002 characters)")
+    assert len(caught.value.details["value"]) < 300
+    assert recorder.requests == []
+
+
 def test_get_request_quotes_id():
     client, recorder = make_client({("GET", "/v1/requests/r%2F1"): respond(200, request_json("r/1"))})
 
