@@ -128,8 +128,6 @@ def list_objects(args: argparse.Namespace) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
-    if args.timeout <= 0:
-        raise UsageError(f"argument --timeout: must be greater than 0 seconds, got {args.timeout}")
     profile = getattr(args, "profile", None) or REPLAY_PROFILE
     connection = resolve_connection(profile, api_url=getattr(args, "api_url", None))
     return replay_module.run(

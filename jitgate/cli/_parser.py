@@ -45,6 +45,17 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
+def parse_timeout(text: str) -> float:
+    """Parse a timeout in seconds greater than 0, such as `10` or `2.5`."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: use a number of seconds, such as 10 or 2.5") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be a finite number of seconds greater than 0")
+    return seconds
+
+
 def parse_rate(text: str) -> float:
     """Parse a rate in requests per second, `100` or `100/s`; 0 means unlimited."""
     value = text.strip().lower().removesuffix("/s")
@@ -174,7 +185,7 @@ def _add_tool_verbs(add) -> None:
     replay.add_argument("--limit", type=_positive_int, help="replay at most this many rows (synthetic default: 5000)")
     replay.add_argument("--concurrency", type=_positive_int, default=32, help="requests in flight (default: 32)")
     replay.add_argument("--seed", type=int, default=7, help="seed of the generated context (default: 7)")
-    replay.add_argument("--timeout", type=float, default=10.0, help="timeout of one request in seconds (default: 10)")
+    replay.add_argument("--timeout", type=parse_timeout, default=10.0, help="timeout of one request in seconds (default: 10)")
 
     risk = add("risk", "train or evaluate the risk model")
     risk_verbs = risk.add_subparsers(dest="risk_verb", metavar="ACTION", required=True, parser_class=_ArgumentParser)

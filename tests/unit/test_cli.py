@@ -86,6 +86,17 @@ def test_negative_duration_separate_argument(capsys, value):
     assert f"invalid duration '{value}': must be greater than 0 seconds" in line
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "abc"])
+def test_invalid_replay_timeout(capsys, value):
+    exit_code, out, err = run_cli(capsys, "replay", "--limit", "1", "--timeout", value)
+
+    line = assert_one_error_line(err)
+    assert exit_code == 2
+    assert out == ""
+    assert f"invalid timeout '{value}'" in line
+    assert "jitgate replay --help" in line
+
+
 def test_missing_argument_is_usage_error(capsys):
     exit_code, _, err = run_cli(capsys, "review", "r-1", "approve")
 
