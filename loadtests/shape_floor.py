@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,14 +167,26 @@ def search_floor_in_subprocess(work_dir: Path, args: argparse.Namespace, round_n
     return json.loads(out.read_text())
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.shape_floor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=1, help="Searches of each app, alternating, baseline first.")
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.shape_floor", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=positive_int, default=1, help="Searches of each app, alternating, baseline first.")
     parser.add_argument("--search-budget-s", type=float, default=90.0, help="Upper bound of one load search in seconds.")
     parser.add_argument("--start-rps", type=float, default=100.0, help="First rate of a load search, requests/s.")
     parser.add_argument("--rows", type=int, default=40_000, help="Rows of the access log to replay.")
     parser.add_argument("--locust-core", type=int, default=1, help="CPU that Locust is pinned to with taskset.")
-    parser.add_argument("--ingress", choices=("proxy", "direct", "haproxy"), default="haproxy", help="Ingress mode of the cluster.")
+    parser.add_argument("--ingress", choices=("proxy", "direct", "haproxy"), default="haproxy",
+                        help="Ingress mode of the cluster; haproxy, as in the recorded benchmark runs.")
+    parser.add_argument("--keep-work-dir", action="store_true", help="Keep the Locust samples, logs and state dirs.")
     # Set by the run for each floor search, which runs in a process of its own.
     parser.add_argument("--floor-round", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -187,19 +200,27 @@ def main(argv: list[str] | None = None) -> int:
         result = search_floor(args.work_dir / FLOOR_BODIES, args.work_dir, args, args.floor_round)
         (args.work_dir / f"floor-{args.floor_round}.json").write_text(json.dumps(result))
         return 0
+
     args.tag = f"f{int(time.time())}"
     # Short, because Ray's Unix socket paths under the state dirs must fit in 107 bytes.
     work_dir = Path(tempfile.mkdtemp(prefix="jgf-", dir="/tmp"))
     log(f"work dir {work_dir}, load average {os.getloadavg()}")
+
     plans = workload.load_plans(limit=args.rows)
     requests = work_dir / "requests.tsv"
     workload.write_bodies(requests, workload.REQUESTS_PATH, (workload.request_body(p) for p in plans))
     floor_requests = work_dir / FLOOR_BODIES
     workload.write_bodies(floor_requests, FLOOR_PREFIX + workload.REQUESTS_PATH, (workload.request_body(p) for p in plans))
+
     results: dict[str, list] = {"baseline": [], "floor": []}
-    for round_no in range(args.rounds):
-        results["baseline"].append(search_baseline(requests, work_dir, args, round_no))
-        results["floor"].append(search_floor_in_subprocess(work_dir, args, round_no))
+    try:
+        for round_no in range(args.rounds):
+            results["baseline"].append(search_baseline(requests, work_dir, args, round_no))
+            results["floor"].append(search_floor_in_subprocess(work_dir, args, round_no))
+    finally:
+        if not args.keep_work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
     summary = {
         f"{name}_rps": [search["best"]["achieved_rps"] if search["best"] else 0.0 for search in searches]
         for name, searches in results.items()
