@@ -188,11 +188,13 @@ class LimitsAndMetrics:
         self.http_seconds = http_seconds
         self.replica_id = replica_id
 
-    async def _call_with_counted_body(self, scope: Scope, receive: Receive, send: Send, max_body_bytes: int,
-                                      batch: bool) -> None:
-        """Run the app on a body without Content-Length (chunked), stopping it once the body passes the limit."""
+    async def _call_with_counted_body(self, scope: Scope, receive: Receive, send: Send, max_body_bytes: int) -> None:
+        """Run the app on a body without Content-Length (chunked), stopping it once the body passes the limit.
+
+        The endpoint that reads the body gets `BodyTooLarge`, and the app's HTTPException handler
+        turns it into the 413 problem.
+        """
         received = 0
-        started = False
 
         async def counted_receive() -> Message:
             nonlocal received
@@ -203,16 +205,7 @@ class LimitsAndMetrics:
                     raise BodyTooLarge(max_body_bytes)
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await _body_too_large(max_body_bytes, batch)(scope, receive, send)
+        await self.app(scope, counted_receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -237,7 +230,7 @@ class LimitsAndMetrics:
             if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
                 await _body_too_large(max_body_bytes, batch, length)(scope, receive, send_with_header)
             elif length is None:
-                await self._call_with_counted_body(scope, receive, send_with_header, max_body_bytes, batch)
+                await self._call_with_counted_body(scope, receive, send_with_header, max_body_bytes)
             else:
                 await self.app(scope, receive, send_with_header)
         finally:
@@ -354,7 +347,7 @@ def create_app(get_service: Callable[[], AccessService], *, replica_id: Callable
     @api.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if isinstance(error, BodyTooLarge):
-            # Raised while an endpoint reads a chunked body, so it reaches this handler first.
+            # Raised by LimitsAndMetrics while an endpoint reads a chunked body.
             return _body_too_large(error.max_body_bytes, request.url.path.endswith(BATCH_ROUTE_SUFFIX))
         if error.status_code == 400 and error.__cause__ is not None:
             # FastAPI raises this for a body that fails to parse other than as invalid JSON text.
