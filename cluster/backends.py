@@ -67,6 +67,18 @@ def ledger_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def actor_options(namespace: str) -> dict[str, Any]:
+    """Return the Ray options of the named actors: detached, found by name if they exist, restarted forever."""
+    return {
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": -1,
+        "num_cpus": 0,
+        "namespace": namespace,
+    }
+
+
 class RayBackends:
     def __init__(self, settings: Settings) -> None:
         import ray
@@ -78,14 +90,7 @@ class RayBackends:
 
         self._ray = ray
         self.settings = settings
-        common = {
-            "lifetime": "detached",
-            "get_if_exists": True,
-            "max_restarts": -1,
-            "max_task_retries": -1,
-            "num_cpus": 0,
-            "namespace": settings.namespace,
-        }
+        common = actor_options(settings.namespace)
         self._common = common
         self._channels: dict[int, Channel] = {}
         # Calls per (actor class, transport), exported by /metrics.

@@ -38,6 +38,7 @@ from actors.ledger import actor as ledger_actor
 from actors.risk import actor as risk_actor
 from cluster.bootstrap import down, ray_driver_env, up
 from cluster.settings import Settings
+from jitgate.cli._parser import parse_positive_int
 from loadtests import bench, loadgen, servers, workload
 from loadtests.bench import log
 
@@ -84,7 +85,7 @@ def deploy_floor(settings: Settings, up_result: Any) -> None:
     import ray
     from ray import serve
 
-    from cluster.backends import frozen_after_init, ledger_config
+    from cluster.backends import actor_options, frozen_after_init, ledger_config
     from cluster.channel import served
     from cluster.ingress import Ingress
 
@@ -93,8 +94,7 @@ def deploy_floor(settings: Settings, up_result: Any) -> None:
         "redis_url": up_result.redis_url, "target_redis_url": up_result.target_redis_url,
     })
     ray.init(address=up_result.ray_address, namespace=FLOOR_NAMESPACE, log_to_driver=False)
-    options = {"lifetime": "detached", "get_if_exists": True, "max_restarts": -1, "max_task_retries": -1,
-               "num_cpus": 0, "namespace": FLOOR_NAMESPACE}
+    options = actor_options(FLOOR_NAMESPACE)
     ledgers = [
         ray.remote(frozen_after_init(served(GrantLedger))).options(name=name, **options)
         .remote(shard, ledger_config(floor_settings), role=role)
@@ -167,19 +167,12 @@ def search_floor_in_subprocess(work_dir: Path, args: argparse.Namespace, round_n
     return json.loads(out.read_text())
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.shape_floor", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--rounds", type=positive_int, default=1, help="Searches of each app, alternating, baseline first.")
+    parser.add_argument("--rounds", type=parse_positive_int, default=1, help="Searches of each app, alternating, baseline first.")
     parser.add_argument("--search-budget-s", type=float, default=90.0, help="Upper bound of one load search in seconds.")
     parser.add_argument("--start-rps", type=float, default=100.0, help="First rate of a load search, requests/s.")
     parser.add_argument("--rows", type=int, default=40_000, help="Rows of the access log to replay.")

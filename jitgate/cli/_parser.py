@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from jitgate.models import DevicePosture, RequestState
@@ -51,7 +52,7 @@ def parse_timeout(text: str) -> float:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: use a number of seconds, such as 10 or 2.5") from None
-    if not seconds > 0 or seconds == float("inf"):
+    if not 0 < seconds < math.inf:
         raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be a finite number of seconds greater than 0")
     return seconds
 
@@ -68,7 +69,8 @@ def parse_rate(text: str) -> float:
     return rate
 
 
-def _positive_int(text: str) -> int:
+def parse_positive_int(text: str) -> int:
+    """Parse a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -79,7 +81,7 @@ def _positive_int(text: str) -> int:
 
 
 def _port(text: str) -> int:
-    value = _positive_int(text)
+    value = parse_positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}: must be between 1 and 65535")
     return value
@@ -171,7 +173,7 @@ def _add_grant_verbs(add) -> None:
     listing.add_argument("--principal", help="only this principal")
     listing.add_argument("--reviewer", help="requests this reviewer may review")
     listing.add_argument("--active", action="store_true", help="only active grants")
-    listing.add_argument("--limit", type=_positive_int, default=100, help="maximum number of rows (default: 100)")
+    listing.add_argument("--limit", type=parse_positive_int, default=100, help="maximum number of rows (default: 100)")
 
 
 def _add_tool_verbs(add) -> None:
@@ -182,8 +184,8 @@ def _add_tool_verbs(add) -> None:
     )
     replay.add_argument("--file", help="access log CSV (default: the shared requests.csv, else a synthetic stream)")
     replay.add_argument("--rate", type=parse_rate, default=0.0, help="requests started per second; 0 is unlimited")
-    replay.add_argument("--limit", type=_positive_int, help="replay at most this many rows (synthetic default: 5000)")
-    replay.add_argument("--concurrency", type=_positive_int, default=32, help="requests in flight (default: 32)")
+    replay.add_argument("--limit", type=parse_positive_int, help="replay at most this many rows (synthetic default: 5000)")
+    replay.add_argument("--concurrency", type=parse_positive_int, default=32, help="requests in flight (default: 32)")
     replay.add_argument("--seed", type=int, default=7, help="seed of the generated context (default: 7)")
     replay.add_argument("--timeout", type=parse_timeout, default=10.0, help="timeout of one request in seconds (default: 10)")
 
