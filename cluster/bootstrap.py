@@ -20,8 +20,9 @@ Everything lives under `settings.state_dir`:
 
 Ray token authentication: the local head always runs with `RAY_AUTH_MODE=token` and the token
 file above, because Ray's gRPC ports listen on all interfaces, and Ray 2.60 replaces the node
-address 127.0.0.1 with the host's address (`resolve_ip_for_localhost`). Without an explicit mode, Ray 2.60 `ray start` turns token auth on only when
-~/.ray/auth_token exists, so the outcome would depend on that shared file. Drivers connect with
+address 127.0.0.1 with the host's address (`resolve_ip_for_localhost`). Without an explicit
+mode, Ray 2.60 `ray start` turns token auth on only when ~/.ray/auth_token exists, so the
+outcome would depend on that shared file. Drivers connect with
 the variables from `ray_driver_env`. An external cluster (`ray_address`) gets the caller's
 environment unchanged.
 

@@ -65,7 +65,7 @@ except metadata.PackageNotFoundError:
 DEFAULT_TIMEOUT_S = 10.0
 # NOTE: the server's maximum page size is not part of the API contract; 100 is its documented default.
 PAGE_SIZE = 100
-# Longest repr of a rejected value in an InvalidInput message, as the server shows it.
+# Maximum length of a rejected value's repr in an InvalidInput message, as the server cuts it.
 MAX_SHOWN_VALUE_CHARS = 200
 
 T = TypeVar("T")
@@ -106,16 +106,16 @@ def _invalid_input_from(exc: ValidationError) -> InvalidInput:
     first = exc.errors()[0]
     field_name = ".".join(str(part) for part in first["loc"]) or "body"
     value = first.get("input")
-    shown = repr(value)
-    if len(shown) > MAX_SHOWN_VALUE_CHARS:
+    value_text = repr(value)
+    if len(value_text) > MAX_SHOWN_VALUE_CHARS:
         # A rejected value can be megabytes long, and the CLI prints the message and the details.
-        shown = shown[:MAX_SHOWN_VALUE_CHARS] + f"... ({len(shown)} characters)"
-        value = shown
+        value_text = value_text[:MAX_SHOWN_VALUE_CHARS] + f"... ({len(value_text)} characters)"
+        value = value_text
     details: dict[str, Any] = {"field": field_name, "value": value}
     limits = [v for k, v in (first.get("ctx") or {}).items() if k in ("ge", "le", "max_length", "min_length")]
     if len(limits) == 1:
         details["limit"] = limits[0]
-    return InvalidInput(f"{field_name}: {first['msg']}, got {shown}", **details)
+    return InvalidInput(f"{field_name}: {first['msg']}, got {value_text}", **details)
 
 
 def _parse(model: type[ModelT], data: Any) -> ModelT:
